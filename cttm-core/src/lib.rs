@@ -1,0 +1,41 @@
+//! # cttm-core: the sans-IO heart of Client-Transparent TCP Migration
+//!
+//! Everything here is pure logic: no sockets, no clock reads, no threads. Inputs are values
+//! (a captured frame with its capture time, a replication message); outputs are values (events
+//! to replicate, snapshots to restore). This is what makes the tracker and the replica testable
+//! deterministically and reusable by every backend.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`seq`] | [`SeqNumber`], the wrap-around 32-bit TCP sequence number, and stream offsets |
+//! | [`time`] | [`Instant`], the capture-time type passed in by callers |
+//! | [`endpoint`] | service endpoints and connection identities |
+//! | [`wire`] | parse frames into [`SegmentRepr`] and emit frames from one |
+//! | [`track`] | the [`Tracker`]: follows every connection to a service from captured segments |
+//! | [`record`] | the per-connection state built from events, shared by tracker and replica |
+//! | [`event`] | [`ConnectionEvent`]s the tracker emits and the replica applies |
+//! | [`snapshot`] | [`ConnectionSnapshot`]: everything a socket restore needs |
+//! | [`replica`] | the backup's pure state: [`Replica`] |
+//! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+pub mod event;
+pub mod message;
+pub mod record;
+pub mod replica;
+pub mod seq;
+pub mod snapshot;
+pub mod time;
+pub mod track;
+pub mod wire;
+
+pub use endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
+pub use event::{CloseHow, ConnectionEvent, EventKind, Handshake, Side};
+pub use message::{ReplicationMessage, MessageV1, PROTOCOL_VERSION};
+pub use replica::{Replica, ReplicaConfig};
+pub use seq::SeqNumber;
+pub use snapshot::{ConnectionSnapshot, Restorability, TcpState};
+pub use time::Instant;
+pub use track::{Tracker, TrackerConfig};
+pub use wire::{LinkType, SegmentRepr};
