@@ -9,9 +9,17 @@
 //! | pcap and pcapng files (replay, and writing what an agent saw) | [`pcap`] | always |
 //! | AF_PACKET live capture, TPACKET_V3 ring, kernel BPF filter | `af_packet` | `af-packet` |
 //! | NFQUEUE, with verdicts the caller gives later (output commit) | `nfqueue` | `nfqueue` |
-#![cfg_attr(not(any(feature = "af-packet", feature = "nfqueue")), forbid(unsafe_code))]
+#![cfg_attr(
+    not(any(feature = "af-packet", feature = "nfqueue")),
+    forbid(unsafe_code)
+)]
 
+#[cfg(feature = "af-packet")]
+pub mod af_packet;
+pub mod bpf;
 pub mod memory;
+#[cfg(feature = "nfqueue")]
+pub mod nfqueue;
 pub mod pcap;
 
 pub use memory::MemorySource;

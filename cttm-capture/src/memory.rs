@@ -17,12 +17,19 @@ pub struct MemorySource {
 impl MemorySource {
     /// An empty source handing out up to 64 frames per batch.
     pub fn new() -> Self {
-        MemorySource { frames: VecDeque::new(), batch: 64, stats: CaptureStats::default() }
+        MemorySource {
+            frames: VecDeque::new(),
+            batch: 64,
+            stats: CaptureStats::default(),
+        }
     }
 
     /// A source holding `frames`.
     pub fn from_frames(frames: impl IntoIterator<Item = (Instant, LinkType, Vec<u8>)>) -> Self {
-        MemorySource { frames: frames.into_iter().collect(), ..MemorySource::new() }
+        MemorySource {
+            frames: frames.into_iter().collect(),
+            ..MemorySource::new()
+        }
     }
 
     /// Queues one frame.
@@ -57,7 +64,11 @@ impl CaptureSource for MemorySource {
         }
         let n = self.batch.min(self.frames.len());
         for (at, link, data) in self.frames.drain(..n) {
-            visit(CapturedFrame { at, link, data: &data });
+            visit(CapturedFrame {
+                at,
+                link,
+                data: &data,
+            });
         }
         self.stats.frames += n as u64;
         Ok(n)

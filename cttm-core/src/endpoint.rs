@@ -17,7 +17,10 @@ pub struct ServiceEndpoint {
 impl ServiceEndpoint {
     /// A service endpoint from a socket address.
     pub fn new(addr: SocketAddr) -> Self {
-        ServiceEndpoint { addr: addr.ip(), port: addr.port() }
+        ServiceEndpoint {
+            addr: addr.ip(),
+            port: addr.port(),
+        }
     }
 
     /// True when `addr` is this endpoint.
@@ -48,7 +51,9 @@ pub struct ServiceSet {
 impl ServiceSet {
     /// A set from endpoints.
     pub fn new(endpoints: impl IntoIterator<Item = ServiceEndpoint>) -> Self {
-        ServiceSet { endpoints: endpoints.into_iter().collect() }
+        ServiceSet {
+            endpoints: endpoints.into_iter().collect(),
+        }
     }
 
     /// The endpoints in the set.
@@ -63,11 +68,27 @@ impl ServiceSet {
 
     /// Orders a segment's `(src, dst)` as a connection identity when one side is a service.
     /// Returns the identity and the side that sent the segment.
-    pub fn classify(&self, src: SocketAddr, dst: SocketAddr) -> Option<(ConnectionId, crate::Side)> {
+    pub fn classify(
+        &self,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<(ConnectionId, crate::Side)> {
         if self.contains(dst) {
-            Some((ConnectionId { client: src, server: dst }, crate::Side::Client))
+            Some((
+                ConnectionId {
+                    client: src,
+                    server: dst,
+                },
+                crate::Side::Client,
+            ))
         } else if self.contains(src) {
-            Some((ConnectionId { client: dst, server: src }, crate::Side::Server))
+            Some((
+                ConnectionId {
+                    client: dst,
+                    server: src,
+                },
+                crate::Side::Server,
+            ))
         } else {
             None
         }

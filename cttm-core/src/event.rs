@@ -10,9 +10,9 @@
 //! byte of a direction (ISN + 1).
 
 use crate::endpoint::ConnectionId;
+use crate::seq::SeqNumber;
 use crate::time::Instant;
 use crate::wire::TcpTimestamps;
-use crate::seq::SeqNumber;
 use serde::{Deserialize, Serialize};
 
 /// Which end of a connection sent something.

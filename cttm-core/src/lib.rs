@@ -32,7 +32,7 @@ pub mod wire;
 
 pub use endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
 pub use event::{CloseHow, ConnectionEvent, EventKind, Handshake, Side};
-pub use message::{ReplicationMessage, MessageV1, PROTOCOL_VERSION};
+pub use message::{MessageV1, PROTOCOL_VERSION, ReplicationMessage};
 pub use replica::{Replica, ReplicaConfig};
 pub use seq::SeqNumber;
 pub use snapshot::{ConnectionSnapshot, Restorability, TcpState};

@@ -59,13 +59,20 @@ impl TcpState {
     pub fn server_fin_sent(self) -> bool {
         matches!(
             self,
-            TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait
+            TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::LastAck
+                | TcpState::TimeWait
         )
     }
 
     /// True when the server has received the client's FIN in this state.
     pub fn client_fin_received(self) -> bool {
-        matches!(self, TcpState::CloseWait | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait)
+        matches!(
+            self,
+            TcpState::CloseWait | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait
+        )
     }
 }
 
@@ -151,7 +158,9 @@ pub struct ReceiveQueue {
 impl ReceiveQueue {
     /// The sequence number of the first queued byte (what `TCP_QUEUE_SEQ` takes on restore).
     pub fn first_seq(&self) -> SeqNumber {
-        self.next.sub(self.bytes.len() as u32).sub(u32::from(self.fin))
+        self.next
+            .sub(self.bytes.len() as u32)
+            .sub(u32::from(self.fin))
     }
 }
 

@@ -152,9 +152,15 @@ impl Lab {
         remove_stale_namespaces();
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{PREFIX}-{tag}-{}-{n}", std::process::id());
-        let switch = Netns { name: format!("{prefix}-sw") };
+        let switch = Netns {
+            name: format!("{prefix}-sw"),
+        };
         run("ip", &["netns", "add", &switch.name])?;
-        let mut lab = Lab { prefix, switch: switch.clone(), hosts: Vec::new() };
+        let mut lab = Lab {
+            prefix,
+            switch: switch.clone(),
+            hosts: Vec::new(),
+        };
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
         switch.ip(&["link", "set", "lo", "up"])?;
@@ -171,11 +177,15 @@ impl Lab {
     /// carrying `addresses` (CIDR strings, IPv4 or IPv6; IPv6 without duplicate address
     /// detection so it is usable at once).
     pub fn add_host(&mut self, name: &str, addresses: &[&str]) -> Result<Netns, LabError> {
-        let host = Netns { name: format!("{}-{name}", self.prefix) };
+        let host = Netns {
+            name: format!("{}-{name}", self.prefix),
+        };
         run("ip", &["netns", "add", &host.name])?;
         self.hosts.push(host.clone());
         let port = format!("v{}", self.hosts.len());
-        self.switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name])?;
+        self.switch.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+        ])?;
         self.switch.ip(&["link", "set", &port, "master", "br0"])?;
         self.switch.ip(&["link", "set", &port, "up"])?;
         host.ip(&["link", "set", "lo", "up"])?;
@@ -198,15 +208,25 @@ impl Lab {
     /// Cuts a host off the bridge (its switch port goes down): nothing it sends arrives
     /// anywhere, as when its host crashes.
     pub fn cut(&self, host: &Netns) -> Result<(), LabError> {
-        let index = self.hosts.iter().position(|h| h.name == host.name).ok_or_else(|| LabError("not a host of this lab".into()))?;
-        self.switch.ip(&["link", "set", &Lab::switch_port(index + 1), "down"])?;
+        let index = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host.name)
+            .ok_or_else(|| LabError("not a host of this lab".into()))?;
+        self.switch
+            .ip(&["link", "set", &Lab::switch_port(index + 1), "down"])?;
         Ok(())
     }
 
     /// Plugs a host back in.
     pub fn reconnect(&self, host: &Netns) -> Result<(), LabError> {
-        let index = self.hosts.iter().position(|h| h.name == host.name).ok_or_else(|| LabError("not a host of this lab".into()))?;
-        self.switch.ip(&["link", "set", &Lab::switch_port(index + 1), "up"])?;
+        let index = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host.name)
+            .ok_or_else(|| LabError("not a host of this lab".into()))?;
+        self.switch
+            .ip(&["link", "set", &Lab::switch_port(index + 1), "up"])?;
         Ok(())
     }
 }
@@ -222,14 +242,18 @@ impl Drop for Lab {
 /// Deletes `cttm-*-<pid>-*` namespaces whose process no longer exists (a run killed before
 /// its labs were dropped).
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let mut parts = name.split('-');
         if parts.next() != Some(PREFIX) {
             continue;
         }
-        let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !PathBuf::from(format!("/proc/{pid}")).exists() {
             let _ = run("ip", &["netns", "del", &name]);
         }
@@ -248,8 +272,12 @@ mod tests {
         let names;
         {
             let mut lab = Lab::new("smoke").expect("lab");
-            let a = lab.add_host("a", &["198.18.0.1/24", "2001:db8::1/64"]).expect("host a");
-            let b = lab.add_host("b", &["198.18.0.2/24", "2001:db8::2/64"]).expect("host b");
+            let a = lab
+                .add_host("a", &["198.18.0.1/24", "2001:db8::1/64"])
+                .expect("host a");
+            let b = lab
+                .add_host("b", &["198.18.0.2/24", "2001:db8::2/64"])
+                .expect("host b");
             names = vec![a.name().to_string(), b.name().to_string()];
             let listener = b
                 .run(|| std::net::TcpListener::bind("[2001:db8::2]:7000").expect("bind"))
@@ -269,9 +297,15 @@ mod tests {
             .expect("in a");
             assert_eq!(server.join().expect("server"), b"across the bridge");
             // IPv4 too: a listener in b is reachable from a only through the bridge
-            let l4 = b.run(|| std::net::TcpListener::bind("198.18.0.2:7001").expect("bind v4")).expect("in b");
+            let l4 = b
+                .run(|| std::net::TcpListener::bind("198.18.0.2:7001").expect("bind v4"))
+                .expect("in b");
             let peer = a
-                .run(|| std::net::TcpStream::connect("198.18.0.2:7001").expect("connect v4").local_addr())
+                .run(|| {
+                    std::net::TcpStream::connect("198.18.0.2:7001")
+                        .expect("connect v4")
+                        .local_addr()
+                })
                 .expect("in a")
                 .expect("local addr");
             let (_, from) = l4.accept().expect("accept v4");

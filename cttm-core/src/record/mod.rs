@@ -41,8 +41,11 @@ pub enum ClientRetention {
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ApplyError {
     /// Data arrived beyond the end of what the record holds: events were lost in between.
+    /// (A connection already unsafe skips such a gap instead: it is never restored.)
     /// Resynchronise the connection (a [`MessageV1::Record`](crate::MessageV1::Record)).
-    #[error("{side:?} data gap: expected offset {expected}, got {got}; resynchronise the connection")]
+    #[error(
+        "{side:?} data gap: expected offset {expected}, got {got}; resynchronise the connection"
+    )]
     Gap {
         /// The direction.
         side: Side,
@@ -53,7 +56,9 @@ pub enum ApplyError {
     },
     /// An acknowledgement covers bytes the record never received, and no capture hole was
     /// reported: events were lost. Resynchronise the connection.
-    #[error("{side:?} stream acknowledged up to {acked} but only {held} bytes are held; resynchronise")]
+    #[error(
+        "{side:?} stream acknowledged up to {acked} but only {held} bytes are held; resynchronise"
+    )]
     AckBeyondData {
         /// The direction whose bytes are acknowledged.
         side: Side,
@@ -116,7 +121,12 @@ struct WindowState {
 
 impl ConnectionRecord {
     /// A record for a connection whose handshake (or mid-stream pick-up) was just seen.
-    pub fn open(id: ConnectionId, at: Instant, handshake: Handshake, retention: ClientRetention) -> Self {
+    pub fn open(
+        id: ConnectionId,
+        at: Instant,
+        handshake: Handshake,
+        retention: ClientRetention,
+    ) -> Self {
         ConnectionRecord {
             id,
             handshake,
@@ -134,11 +144,23 @@ impl ConnectionRecord {
                 rcv_wnd: u32::from(handshake.server_syn_window),
                 rcv_wup: 0,
             },
-            client_ts: handshake.client_syn_tsval.map(|tsval| TcpTimestamps { tsval, tsecr: 0 }),
-            server_ts: handshake
-                .server_syn_tsval
-                .map(|tsval| (TcpTimestamps { tsval, tsecr: handshake.client_syn_tsval.unwrap_or(0) }, at)),
-            unsafe_reason: if handshake.mid_stream { Some(UnsafeReason::MidStream) } else { None },
+            client_ts: handshake
+                .client_syn_tsval
+                .map(|tsval| TcpTimestamps { tsval, tsecr: 0 }),
+            server_ts: handshake.server_syn_tsval.map(|tsval| {
+                (
+                    TcpTimestamps {
+                        tsval,
+                        tsecr: handshake.client_syn_tsval.unwrap_or(0),
+                    },
+                    at,
+                )
+            }),
+            unsafe_reason: if handshake.mid_stream {
+                Some(UnsafeReason::MidStream)
+            } else {
+                None
+            },
             closed: None,
         }
     }
@@ -185,14 +207,23 @@ impl ConnectionRecord {
     pub fn apply(&mut self, event: &ConnectionEvent) -> Result<Applied, ApplyError> {
         let applied = match &event.kind {
             EventKind::Opened(h) => self.apply_opened(h)?,
-            EventKind::ClientData { offset, bytes } => self.apply_data(Side::Client, *offset, bytes)?,
-            EventKind::ServerData { offset, bytes } => self.apply_data(Side::Server, *offset, bytes)?,
-            EventKind::ClientAck { offset, seq_offset, window, timestamps } => {
-                self.apply_client_ack(*offset, *seq_offset, *window, *timestamps)?
+            EventKind::ClientData { offset, bytes } => {
+                self.apply_data(Side::Client, *offset, bytes)?
             }
-            EventKind::ServerAck { offset, window, timestamps } => {
-                self.apply_server_ack(*offset, *window, *timestamps, event.at)?
+            EventKind::ServerData { offset, bytes } => {
+                self.apply_data(Side::Server, *offset, bytes)?
             }
+            EventKind::ClientAck {
+                offset,
+                seq_offset,
+                window,
+                timestamps,
+            } => self.apply_client_ack(*offset, *seq_offset, *window, *timestamps)?,
+            EventKind::ServerAck {
+                offset,
+                window,
+                timestamps,
+            } => self.apply_server_ack(*offset, *window, *timestamps, event.at)?,
             EventKind::Fin { side, offset } => self.apply_fin(*side, *offset)?,
             EventKind::Unsafe(reason) => self.apply_unsafe(*reason),
             EventKind::Closed(how) => self.apply_closed(*how),
@@ -218,7 +249,19 @@ impl ConnectionRecord {
         }
     }
 
+    /// A connection already unsafe may jump over bytes that will never arrive (the data and
+    /// FIN that follow a capture hole or an overflow); a safe one must receive every byte.
+    fn skip_if_unsafe(&mut self, side: Side, offset: u64) {
+        if self.unsafe_reason.is_some() {
+            let stream = self.stream_mut(side);
+            if stream.fin().is_none() && offset > stream.received_end() {
+                stream.skip_to(offset);
+            }
+        }
+    }
+
     fn apply_data(&mut self, side: Side, offset: u64, bytes: &[u8]) -> Result<Applied, ApplyError> {
+        self.skip_if_unsafe(side, offset);
         let outcome = self.stream_mut(side).append(side, offset, bytes)?;
         if side == Side::Client {
             if self.retention == ClientRetention::DropOnAck {
@@ -250,7 +293,11 @@ impl ConnectionRecord {
         let held = stream.sequence_end();
         if offset > held {
             if !hole_reported {
-                return Err(ApplyError::AckBeyondData { side, acked: offset, held });
+                return Err(ApplyError::AckBeyondData {
+                    side,
+                    acked: offset,
+                    held,
+                });
             }
             stream.skip_to(offset);
         }
@@ -269,15 +316,24 @@ impl ConnectionRecord {
         window: u32,
         timestamps: Option<TcpTimestamps>,
     ) -> Result<Applied, ApplyError> {
-        let before = (self.server.acked(), self.window, self.client_ts, self.syn_acked);
+        let before = (
+            self.server.acked(),
+            self.window,
+            self.client_ts,
+            self.syn_acked,
+        );
+        // Linux tcp_ack() ignores an acknowledgement older than SND.UNA (a reordered segment)
+        // for the window: it goes to `old_ack` before tcp_ack_update_window().
+        let old_ack = offset < self.server.acked();
         let ack_advanced = self.acknowledge(Side::Server, offset)?;
         self.syn_acked = true;
         // Linux tcp_may_update_window(): a segment updates the send window when it
         // acknowledges new data, is newer (SEG.SEQ after SND.WL1), or is as new and opens the
-        // window further.
+        // window further or closes it to zero.
         let newer = self.window.snd_wl1.is_none_or(|wl1| seq_offset > wl1);
-        let same_and_wider = self.window.snd_wl1 == Some(seq_offset) && window > self.window.snd_wnd;
-        if ack_advanced || newer || same_and_wider {
+        let same_and_wider = self.window.snd_wl1 == Some(seq_offset)
+            && (window > self.window.snd_wnd || window == 0);
+        if !old_ack && (ack_advanced || newer || same_and_wider) {
             self.window.snd_wnd = window;
             self.window.snd_wl1 = Some(seq_offset);
             self.window.max_window = self.window.max_window.max(window);
@@ -289,8 +345,17 @@ impl ConnectionRecord {
             let acked = self.client.acked();
             self.client.release_until(acked);
         }
-        let after = (self.server.acked(), self.window, self.client_ts, self.syn_acked);
-        Ok(if before == after { Applied::Duplicate } else { Applied::Changed })
+        let after = (
+            self.server.acked(),
+            self.window,
+            self.client_ts,
+            self.syn_acked,
+        );
+        Ok(if before == after {
+            Applied::Duplicate
+        } else {
+            Applied::Changed
+        })
     }
 
     fn apply_server_ack(
@@ -317,10 +382,15 @@ impl ConnectionRecord {
             self.client.release_until(acked);
         }
         let after = (self.client.acked(), self.window, self.server_ts);
-        Ok(if before == after { Applied::Duplicate } else { Applied::Changed })
+        Ok(if before == after {
+            Applied::Duplicate
+        } else {
+            Applied::Changed
+        })
     }
 
     fn apply_fin(&mut self, side: Side, offset: u64) -> Result<Applied, ApplyError> {
+        self.skip_if_unsafe(side, offset);
         let stream = self.stream_mut(side);
         let outcome = stream.set_fin(side, offset)?;
         if outcome == Applied::Changed && self.first_fin.is_none() {
@@ -423,7 +493,9 @@ impl ConnectionRecord {
         let server_fin_unacked = self.server.fin().is_some_and(|f| server_acked <= f);
         let send = SendQueue {
             una: SeqNumber::from_offset(server_base, server_acked),
-            bytes: self.server.bytes_between(server_acked, self.server.received_end()),
+            bytes: self
+                .server
+                .bytes_between(server_acked, self.server.received_end()),
             unsent: 0,
             fin: server_fin_unacked,
         };
@@ -432,7 +504,9 @@ impl ConnectionRecord {
         let data_acked = client_acked.min(self.client.received_end());
         let receive = ReceiveQueue {
             next: SeqNumber::from_offset(client_base, client_acked),
-            bytes: self.client.bytes_between(self.client.retained_from(), data_acked),
+            bytes: self
+                .client
+                .bytes_between(self.client.retained_from(), data_acked),
             fin: client_fin_received,
         };
         let window = RepairWindow {

@@ -65,9 +65,18 @@ impl StreamState {
     }
 
     /// Appends in-order bytes at `offset`; bytes already held are ignored.
-    pub(super) fn append(&mut self, side: Side, offset: u64, bytes: &[u8]) -> Result<Applied, ApplyError> {
+    pub(super) fn append(
+        &mut self,
+        side: Side,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Applied, ApplyError> {
         if offset > self.received_end {
-            return Err(ApplyError::Gap { side, expected: self.received_end, got: offset });
+            return Err(ApplyError::Gap {
+                side,
+                expected: self.received_end,
+                got: offset,
+            });
         }
         let end = offset + bytes.len() as u64;
         if end <= self.received_end {
@@ -84,9 +93,11 @@ impl StreamState {
         match self.fin {
             Some(f) if f == offset => Ok(Applied::Duplicate),
             Some(_) => Err(ApplyError::Conflict),
-            None if offset != self.received_end => {
-                Err(ApplyError::Gap { side, expected: self.received_end, got: offset })
-            }
+            None if offset != self.received_end => Err(ApplyError::Gap {
+                side,
+                expected: self.received_end,
+                got: offset,
+            }),
             None => {
                 self.fin = Some(offset);
                 Ok(Applied::Changed)

@@ -73,7 +73,11 @@ pub struct Replica {
 impl Replica {
     /// An empty replica.
     pub fn new(config: ReplicaConfig) -> Self {
-        Replica { config, records: HashMap::new(), last_heartbeat: None }
+        Replica {
+            config,
+            records: HashMap::new(),
+            last_heartbeat: None,
+        }
     }
 
     /// Applies one replication message.
@@ -91,9 +95,11 @@ impl Replica {
                 self.records.insert(record.id(), (**record).clone());
                 Ok(Applied::Changed)
             }
-            MessageV1::Forget(id) => {
-                Ok(if self.records.remove(id).is_some() { Applied::Changed } else { Applied::Duplicate })
-            }
+            MessageV1::Forget(id) => Ok(if self.records.remove(id).is_some() {
+                Applied::Changed
+            } else {
+                Applied::Duplicate
+            }),
             MessageV1::Heartbeat { sent_at } => {
                 self.last_heartbeat = Some(*sent_at);
                 Ok(Applied::Changed)
@@ -108,20 +114,24 @@ impl Replica {
             let reopen = self.records.get(&id).is_none_or(|r| r.closed().is_some());
             if reopen {
                 self.make_room(id)?;
-                let record = ConnectionRecord::open(id, event.at, *handshake, self.config.client_retention);
+                let record =
+                    ConnectionRecord::open(id, event.at, *handshake, self.config.client_retention);
                 self.records.insert(id, record);
                 return Ok(Applied::Changed);
             }
         }
-        let record = self
-            .records
-            .get_mut(&id)
-            .ok_or(ReplicaError::Apply { id, source: ApplyError::Unknown })?;
-        record.apply(event).map_err(|source| ReplicaError::Apply { id, source })
+        let record = self.records.get_mut(&id).ok_or(ReplicaError::Apply {
+            id,
+            source: ApplyError::Unknown,
+        })?;
+        record
+            .apply(event)
+            .map_err(|source| ReplicaError::Apply { id, source })
     }
 
     fn make_room(&mut self, incoming: ConnectionId) -> Result<(), ReplicaError> {
-        if self.records.len() < self.config.max_connections || self.records.contains_key(&incoming) {
+        if self.records.len() < self.config.max_connections || self.records.contains_key(&incoming)
+        {
             return Ok(());
         }
         let oldest_closed = self
@@ -146,7 +156,11 @@ impl Replica {
 
     /// Snapshots of every connection, ordered by identity.
     pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
-        let mut v: Vec<_> = self.records.values().map(ConnectionRecord::snapshot).collect();
+        let mut v: Vec<_> = self
+            .records
+            .values()
+            .map(ConnectionRecord::snapshot)
+            .collect();
         v.sort_by_key(|s| s.id);
         v
     }

@@ -20,8 +20,30 @@ pub(super) struct SynSeen {
 }
 
 impl SynSeen {
-    fn from_segment(segment: &SegmentRepr<'_>, at: Instant) -> Self {
-        SynSeen { isn: segment.seq, options: segment.options, window: segment.window, at }
+    pub(super) fn from_segment(segment: &SegmentRepr<'_>, at: Instant) -> Self {
+        SynSeen {
+            isn: segment.seq,
+            options: segment.options,
+            window: segment.window,
+            at,
+        }
+    }
+}
+
+impl SynSeen {
+    /// The client's initial sequence number.
+    pub(super) fn isn(&self) -> SeqNumber {
+        self.isn
+    }
+
+    /// True when `segment` is the server's SYN-ACK to this SYN.
+    pub(super) fn is_answered_by(&self, side: Side, segment: &SegmentRepr<'_>) -> bool {
+        let flags = segment.flags;
+        side == Side::Server
+            && flags.syn()
+            && flags.ack()
+            && !flags.rst()
+            && segment.ack == self.isn.add(1)
     }
 }
 
@@ -40,7 +62,9 @@ pub(super) fn on_untracked(
     }
     match (side, flags.syn(), flags.ack()) {
         (Side::Client, true, false) => Some(Tracked::SynSeen(SynSeen::from_segment(segment, at))),
-        (_, _, true) if config.pick_up_mid_stream => Some(pick_up_mid_stream(config, id, side, at, segment, out)),
+        (_, _, true) if config.pick_up_mid_stream => {
+            Some(pick_up_mid_stream(config, id, side, at, segment, out))
+        }
         _ => None,
     }
 }
@@ -61,7 +85,11 @@ pub(super) fn on_syn_seen(
     if flags.rst() {
         // A RST answering the SYN: the connection was refused (RFC 9293 §3.10.7.3).
         let refuses = side == Side::Server && segment.ack == syn.isn.add(1);
-        return if refuses || side == Side::Client { None } else { keep() };
+        return if refuses || side == Side::Client {
+            None
+        } else {
+            keep()
+        };
     }
     match (side, flags.syn(), flags.ack()) {
         // A retransmitted SYN keeps the first one; a SYN with another ISN starts over.
@@ -69,7 +97,9 @@ pub(super) fn on_syn_seen(
         (Side::Client, true, false) => Some(Tracked::SynSeen(SynSeen::from_segment(segment, at))),
         (Side::Server, true, true) if segment.ack == syn.isn.add(1) => {
             let handshake = negotiate(syn, segment);
-            Some(Tracked::Open(Box::new(OpenConnection::open(id, at, handshake, config, out))))
+            Some(Tracked::Open(Box::new(OpenConnection::open(
+                id, at, handshake, config, out,
+            ))))
         }
         // The SYN-ACK was not captured but the connection goes on: its options are unknown.
         (_, false, true) if config.pick_up_mid_stream => {
@@ -115,7 +145,11 @@ fn pick_up_mid_stream(
     out: &mut Vec<ConnectionEvent>,
 ) -> Tracked {
     // A SYN-ACK without its SYN: the server's ISN is exact.
-    let own_isn = if segment.flags.syn() { segment.seq } else { segment.seq.sub(1) };
+    let own_isn = if segment.flags.syn() {
+        segment.seq
+    } else {
+        segment.seq.sub(1)
+    };
     let peer_isn = segment.ack.sub(1);
     let (client_isn, server_isn) = match side {
         Side::Client => (own_isn, peer_isn),

@@ -114,13 +114,24 @@ enum Tracked {
 pub struct Tracker {
     config: TrackerConfig,
     connections: HashMap<ConnectionId, Tracked>,
+    /// Client SYNs with a new ISN on a 4-tuple whose connection is still open. Linux answers
+    /// a SYN in a synchronized state with a challenge ACK and keeps the connection (RFC 5961
+    /// §4, RFC 9293 §3.10.7.4), so the SYN starts a new incarnation only once the server
+    /// answers it with a SYN-ACK; until then the open connection stays tracked (a stray or
+    /// spoofed SYN must not end its protection).
+    reincarnations: HashMap<ConnectionId, SynSeen>,
     stats: TrackerStats,
 }
 
 impl Tracker {
     /// A tracker with no connections.
     pub fn new(config: TrackerConfig) -> Self {
-        Tracker { config, connections: HashMap::new(), stats: TrackerStats::default() }
+        Tracker {
+            config,
+            connections: HashMap::new(),
+            reincarnations: HashMap::new(),
+            stats: TrackerStats::default(),
+        }
     }
 
     /// The settings.
@@ -176,10 +187,32 @@ impl Tracker {
                 FrameDisposition::Tracked
             }
             Some(Tracked::Open(conn)) => {
-                if conn.is_new_incarnation(side, segment) {
-                    conn.close(at, CloseHow::Evicted, out);
+                let still_open = conn.record().closed().is_none();
+                if conn.is_new_incarnation(side, segment) && still_open {
+                    // Wait for the server's answer; a retransmitted SYN keeps the first.
+                    let pending = self.reincarnations.get(&id);
+                    if pending.is_none_or(|syn| syn.isn() != segment.seq) {
+                        self.reincarnations
+                            .insert(id, SynSeen::from_segment(segment, at));
+                    }
+                    FrameDisposition::Tracked
+                } else if conn.is_new_incarnation(side, segment) {
+                    self.reincarnations.remove(&id);
                     self.connections.remove(&id);
                     self.on_untracked(id, side, at, segment, out)
+                } else if let Some(syn) = self
+                    .reincarnations
+                    .get(&id)
+                    .filter(|syn| syn.is_answered_by(side, segment))
+                    .cloned()
+                {
+                    // The server accepted the new SYN: the old connection is gone.
+                    self.reincarnations.remove(&id);
+                    conn.close(at, CloseHow::Evicted, out);
+                    let next =
+                        handshake::on_syn_seen(&self.config, &syn, id, side, at, segment, out);
+                    self.replace(id, next);
+                    FrameDisposition::Tracked
                 } else {
                     let dropped_before = conn.dropped();
                     conn.on_segment(&self.config, side, at, segment, out);
@@ -248,7 +281,9 @@ impl Tracker {
             .connections
             .iter()
             .filter_map(|(id, t)| match t {
-                Tracked::Open(c) if c.record().closed().is_some() => Some((c.record().updated_at(), *id)),
+                Tracked::Open(c) if c.record().closed().is_some() => {
+                    Some((c.record().updated_at(), *id))
+                }
                 _ => None,
             })
             .min()
@@ -272,22 +307,38 @@ impl Tracker {
         self.connections.retain(|_, t| match t {
             Tracked::SynSeen(s) => now.saturating_since(s.at) < handshake_timeout,
             Tracked::Open(c) => {
-                c.record().closed().is_none() || now.saturating_since(c.record().updated_at()) < linger
+                c.record().closed().is_none()
+                    || now.saturating_since(c.record().updated_at()) < linger
             }
         });
         self.stats.evicted += (before - self.connections.len()) as u64;
+        let connections = &self.connections;
+        self.reincarnations.retain(|id, syn| {
+            now.saturating_since(syn.at) < handshake_timeout && connections.contains_key(id)
+        });
     }
 
     /// Marks a connection unsafe (for example after the capture reported dropped frames) and
     /// emits the event. Unknown connections are ignored.
-    pub fn mark_unsafe(&mut self, id: &ConnectionId, at: Instant, reason: UnsafeReason, out: &mut Vec<ConnectionEvent>) {
+    pub fn mark_unsafe(
+        &mut self,
+        id: &ConnectionId,
+        at: Instant,
+        reason: UnsafeReason,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
         if let Some(Tracked::Open(c)) = self.connections.get_mut(id) {
             c.mark_unsafe(at, reason, out);
         }
     }
 
     /// Marks every open connection unsafe; see [`Tracker::mark_unsafe`].
-    pub fn mark_all_unsafe(&mut self, at: Instant, reason: UnsafeReason, out: &mut Vec<ConnectionEvent>) {
+    pub fn mark_all_unsafe(
+        &mut self,
+        at: Instant,
+        reason: UnsafeReason,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
         for t in self.connections.values_mut() {
             if let Tracked::Open(c) = t {
                 c.mark_unsafe(at, reason, out);
@@ -333,7 +384,10 @@ impl Tracker {
 
     /// Connections whose SYN was seen but not their SYN-ACK.
     pub fn pending_handshakes(&self) -> usize {
-        self.connections.values().filter(|t| matches!(t, Tracked::SynSeen(_))).count()
+        self.connections
+            .values()
+            .filter(|t| matches!(t, Tracked::SynSeen(_)))
+            .count()
     }
 
     /// Connections tracked (pending handshakes included).

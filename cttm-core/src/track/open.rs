@@ -42,7 +42,11 @@ impl OpenConnection {
         out: &mut Vec<ConnectionEvent>,
     ) -> Self {
         let record = ConnectionRecord::open(id, at, handshake, config.client_retention);
-        out.push(ConnectionEvent { id, at, kind: EventKind::Opened(handshake) });
+        out.push(ConnectionEvent {
+            id,
+            at,
+            kind: EventKind::Opened(handshake),
+        });
         OpenConnection {
             record,
             client: Reassembler::default(),
@@ -70,9 +74,16 @@ impl OpenConnection {
     }
 
     fn emit(&mut self, at: Instant, kind: EventKind, out: &mut Vec<ConnectionEvent>) {
-        let event = ConnectionEvent { id: self.record.id(), at, kind };
+        let event = ConnectionEvent {
+            id: self.record.id(),
+            at,
+            kind,
+        };
         let applied = self.record.apply(&event);
-        debug_assert!(applied.is_ok(), "tracker emitted an event its own record rejects: {applied:?} {event:?}");
+        debug_assert!(
+            applied.is_ok(),
+            "tracker emitted an event its own record rejects: {applied:?} {event:?}"
+        );
         if applied.is_ok() {
             out.push(event);
         }
@@ -149,11 +160,19 @@ impl OpenConnection {
         }
         let offset = start.max(0) as u64;
         let payload = &segment.payload[skip..];
-        let delivered = self.reassembler(side).insert(offset, payload, fin, config.reassembly_limit);
+        let delivered =
+            self.reassembler(side)
+                .insert(offset, payload, fin, config.reassembly_limit);
         self.emit_delivered(side, at, delivered, out);
     }
 
-    fn emit_delivered(&mut self, side: Side, at: Instant, delivered: Delivered, out: &mut Vec<ConnectionEvent>) {
+    fn emit_delivered(
+        &mut self,
+        side: Side,
+        at: Instant,
+        delivered: Delivered,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
         let Delivered { bytes, offset, fin } = delivered;
         if !bytes.is_empty() {
             let kind = match side {
@@ -169,7 +188,16 @@ impl OpenConnection {
         }
     }
 
-    fn on_ack(&mut self, side: Side, at: Instant, segment: &SegmentRepr<'_>, out: &mut Vec<ConnectionEvent>) {
+    fn on_ack(
+        &mut self,
+        side: Side,
+        at: Instant,
+        segment: &SegmentRepr<'_>,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
+        if side == Side::Client && self.outside_receive_window(segment) {
+            return;
+        }
         let peer = side.peer();
         let acked_ref = self.record.stream(peer).acked();
         let Some(offset) = segment.ack.unwrap_near(self.base(peer), acked_ref) else {
@@ -179,21 +207,38 @@ impl OpenConnection {
             Side::Client => &self.client,
             Side::Server => &self.server,
         };
-        let known_end = peer_stream.next() + u64::from(peer_stream.fin() == Some(peer_stream.next()));
+        let known_end =
+            peer_stream.next() + u64::from(peer_stream.fin() == Some(peer_stream.next()));
         let hole = offset > known_end;
         if hole && self.record.unsafe_reason().is_none() {
             let reason = if peer_stream.dropped() > 0 {
                 UnsafeReason::ReassemblyOverflow { side: peer }
             } else {
-                UnsafeReason::CaptureHole { side: peer, offset: peer_stream.next() }
+                UnsafeReason::CaptureHole {
+                    side: peer,
+                    offset: peer_stream.next(),
+                }
             };
             self.emit(at, EventKind::Unsafe(reason), out);
+        }
+        if hole {
+            // Continue the stream past the hole before the acknowledgement, so the record
+            // sees what follows the hole (a buffered FIN included) ahead of the ack that
+            // covers it: acknowledging first would make the record take a FIN for data.
+            let delivered = self.reassembler(peer).skip_to(offset);
+            self.emit_delivered(peer, at, delivered, out);
         }
         let window = self.scaled_window(side, segment.window);
         let timestamps = segment.options.timestamps;
         let fields = AckFields {
             offset,
-            seq_offset: self.position(side, segment.seq).max(0) as u64,
+            // Only client acknowledgements carry their sequence position (for SND.WL1);
+            // keeping it out of the server's fields avoids a redundant ServerAck per
+            // server data segment.
+            seq_offset: match side {
+                Side::Client => self.position(side, segment.seq).max(0) as u64,
+                Side::Server => 0,
+            },
             window,
             timestamps,
         };
@@ -204,15 +249,41 @@ impl OpenConnection {
         if *last != Some(fields) {
             *last = Some(fields);
             let kind = match side {
-                Side::Client => EventKind::ClientAck { offset, seq_offset: fields.seq_offset, window, timestamps },
-                Side::Server => EventKind::ServerAck { offset, window, timestamps },
+                Side::Client => EventKind::ClientAck {
+                    offset,
+                    seq_offset: fields.seq_offset,
+                    window,
+                    timestamps,
+                },
+                Side::Server => EventKind::ServerAck {
+                    offset,
+                    window,
+                    timestamps,
+                },
             };
             self.emit(at, kind, out);
         }
-        if hole {
-            let delivered = self.reassembler(peer).skip_to(offset);
-            self.emit_delivered(peer, at, delivered, out);
-        }
+    }
+
+    /// True when a client segment lies outside the window the server last advertised:
+    /// wholly before it (END.SEQ before RCV.WUP) or starting after its right edge (SEQ after
+    /// RCV.WUP + RCV.WND, or after RCV.NXT when that is further). Linux
+    /// `tcp_validate_incoming()` (`tcp_sequence()`, RFC 9293 §3.10.7.4 first check) answers
+    /// such a segment with a duplicate ACK and drops it, so its acknowledgement, window and
+    /// timestamps never reach the server socket. Zero-window probes (SEQ = SND.UNA - 1, no
+    /// data), stale retransmissions and a pure ACK that overtook the data before it into a
+    /// closed window are such segments.
+    fn outside_receive_window(&self, segment: &SegmentRepr<'_>) -> bool {
+        // RCV.WUP: what the server acknowledged in its last segment (Linux tcp_select_window()).
+        let rcv_wup = self.last_server_ack.map_or(0, |a| a.offset) as i64;
+        let start = self.position(Side::Client, segment.seq);
+        let end = start + segment.seq_len() as i64;
+        let rcv_nxt =
+            (self.client.next() + u64::from(self.client.fin() == Some(self.client.next()))) as i64;
+        let right_edge = (rcv_wup + i64::from(self.record.receive_window())).max(rcv_nxt);
+        // A connection picked up mid-stream has seen no window yet: only the left edge holds.
+        let beyond = !self.record.handshake().mid_stream && start > right_edge;
+        end < rcv_wup || beyond
     }
 
     /// The window in bytes: RFC 7323 §2.3 scales every window except in SYN segments.
@@ -225,23 +296,45 @@ impl OpenConnection {
         u32::from(window) << shift.unwrap_or(0)
     }
 
-    fn on_reset(&mut self, side: Side, at: Instant, segment: &SegmentRepr<'_>, out: &mut Vec<ConnectionEvent>) {
+    fn on_reset(
+        &mut self,
+        side: Side,
+        at: Instant,
+        segment: &SegmentRepr<'_>,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
         // The server's own RST always ends its socket. A client RST counts only if the server
-        // would accept it: its sequence number within the receive window (RFC 9293
-        // §3.10.7.4; RFC 5961 §3 narrows this, a blind RST outside is ignored).
+        // accepts it (RFC 5961 §3.2, as Linux does).
         let acceptable = match side {
             Side::Server => true,
-            Side::Client => {
-                let position = self.position(Side::Client, segment.seq);
-                let acked = self.record.stream(Side::Client).acked() as i64;
-                let next = self.client.next() as i64;
-                let window = i64::from(self.record.receive_window()).max(1);
-                position + 1 >= acked && position <= next.max(acked) + window
-            }
+            Side::Client => self.server_accepts_client_reset(segment),
         };
         if acceptable {
             self.emit(at, EventKind::Closed(CloseHow::Reset(side)), out);
         }
+    }
+
+    /// Whether the server socket takes a client RST (Linux `tcp_validate_incoming()`, RFC 5961
+    /// §3.2): outside the receive window it is ignored; inside, it resets only exactly at
+    /// RCV.NXT, at RCV.NXT - 1 once the client's FIN arrived (`tcp_reset_check()`), or at the
+    /// end of the highest SACK block. Any other in-window RST only draws a challenge ACK and
+    /// the connection stays open.
+    fn server_accepts_client_reset(&self, segment: &SegmentRepr<'_>) -> bool {
+        let position = self.position(Side::Client, segment.seq);
+        let rcv_wup = self.last_server_ack.map_or(0, |a| a.offset) as i64;
+        let fin_received = self.client.fin() == Some(self.client.next());
+        let rcv_nxt = (self.client.next() + u64::from(fin_received)) as i64;
+        let right_edge = (rcv_wup + i64::from(self.record.receive_window())).max(rcv_nxt);
+        if position < rcv_wup || position > right_edge {
+            return false;
+        }
+        let highest_sack = self
+            .client
+            .pending_end()
+            .filter(|_| self.record.handshake().sack_permitted);
+        position == rcv_nxt
+            || (fin_received && position == rcv_nxt - 1)
+            || highest_sack.is_some_and(|end| position == end as i64)
     }
 
     fn close_if_done(&mut self, at: Instant, out: &mut Vec<ConnectionEvent>) {
@@ -261,7 +354,12 @@ impl OpenConnection {
         }
     }
 
-    pub(super) fn mark_unsafe(&mut self, at: Instant, reason: UnsafeReason, out: &mut Vec<ConnectionEvent>) {
+    pub(super) fn mark_unsafe(
+        &mut self,
+        at: Instant,
+        reason: UnsafeReason,
+        out: &mut Vec<ConnectionEvent>,
+    ) {
         if self.record.unsafe_reason().is_none() && self.record.closed().is_none() {
             self.emit(at, EventKind::Unsafe(reason), out);
         }

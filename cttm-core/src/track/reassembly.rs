@@ -37,6 +37,14 @@ impl Reassembler {
         self.dropped
     }
 
+    /// End of the highest out-of-order piece buffered (what the highest SACK block of the
+    /// receiver ends at), if any.
+    pub(crate) fn pending_end(&self) -> Option<u64> {
+        self.pending
+            .last_key_value()
+            .map(|(o, p)| o + p.len() as u64)
+    }
+
     /// End of the known sequence space (delivered bytes plus a delivered FIN).
     pub(crate) fn fin(&self) -> Option<u64> {
         self.fin
@@ -44,16 +52,26 @@ impl Reassembler {
 
     /// Inserts `bytes` at `offset` (and a FIN after them if `fin`), delivering what became
     /// contiguous. `limit` bounds the out-of-order bytes buffered.
-    pub(crate) fn insert(&mut self, offset: u64, bytes: &[u8], fin: bool, limit: usize) -> Delivered {
+    pub(crate) fn insert(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        fin: bool,
+        limit: usize,
+    ) -> Delivered {
         let end = offset + bytes.len() as u64;
         if fin && self.fin.is_none() {
             self.fin = Some(end);
         }
         // Data beyond a known FIN is invalid (RFC 9293 §3.10.7.4 discards it).
         let end = self.fin.map_or(end, |f| end.min(f));
-        let mut out = Delivered { offset: self.next, ..Delivered::default() };
-        if end > self.next {
-            let start = offset.max(self.next);
+        let mut out = Delivered {
+            offset: self.next,
+            ..Delivered::default()
+        };
+        let start = offset.max(self.next);
+        // `end` can fall before `offset` when the piece lies wholly beyond a known FIN.
+        if end > start {
             let piece = &bytes[(start - offset) as usize..(end - offset) as usize];
             if start == self.next {
                 out.bytes.extend_from_slice(piece);
@@ -104,6 +122,8 @@ impl Reassembler {
 
     /// Moves buffered pieces that became contiguous into `out`.
     fn drain_pending(&mut self, out: &mut Vec<u8>) {
+        // Pieces buffered before the FIN was known may extend past it: clip them there.
+        let stream_end = self.fin.unwrap_or(u64::MAX);
         while let Some(entry) = self.pending.first_entry() {
             let o = *entry.key();
             if o > self.next {
@@ -111,9 +131,9 @@ impl Reassembler {
             }
             let piece = entry.remove();
             self.pending_bytes -= piece.len();
-            let pend = o + piece.len() as u64;
+            let pend = (o + piece.len() as u64).min(stream_end);
             if pend > self.next {
-                out.extend_from_slice(&piece[(self.next - o) as usize..]);
+                out.extend_from_slice(&piece[(self.next - o) as usize..(pend - o) as usize]);
                 self.next = pend;
             }
         }
@@ -175,6 +195,27 @@ mod tests {
         let d = r.insert(0, b"abc", false, 100);
         assert_eq!(d.bytes, b"abcde");
         assert_eq!(d.fin, Some(5));
+    }
+
+    #[test]
+    fn data_wholly_beyond_a_known_fin_is_discarded() {
+        let mut r = Reassembler::default();
+        r.insert(0, b"a", true, 100);
+        let d = r.insert(2, b"zz", false, 100);
+        assert!(d.bytes.is_empty());
+        assert_eq!(d.fin, Some(1));
+        assert_eq!(r.next(), 1);
+    }
+
+    #[test]
+    fn pieces_buffered_before_the_fin_are_clipped_at_it() {
+        let mut r = Reassembler::default();
+        r.insert(5, b"beyond", false, 100);
+        r.insert(2, b"cde", true, 100);
+        let d = r.insert(0, b"ab", false, 100);
+        assert_eq!(d.bytes, b"abcde");
+        assert_eq!(d.fin, Some(5));
+        assert_eq!(r.next(), 5);
     }
 
     #[test]

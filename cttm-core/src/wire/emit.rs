@@ -39,12 +39,16 @@ pub fn emit_frame(link: LinkType, segment: &SegmentRepr<'_>) -> Result<Vec<u8>, 
     let hop_limit = 64;
     let builder = match (segment.src.ip(), segment.dst.ip(), link) {
         (_, _, LinkType::LinuxSll) => return Err(EmitError::UnsupportedLink),
-        (IpAddr::V4(s), IpAddr::V4(d), LinkType::Ethernet) => {
-            PacketBuilder::ethernet2(EMIT_SRC_MAC, EMIT_DST_MAC).ipv4(s.octets(), d.octets(), hop_limit)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d), LinkType::Ethernet) => {
-            PacketBuilder::ethernet2(EMIT_SRC_MAC, EMIT_DST_MAC).ipv6(s.octets(), d.octets(), hop_limit)
-        }
+        (IpAddr::V4(s), IpAddr::V4(d), LinkType::Ethernet) => PacketBuilder::ethernet2(
+            EMIT_SRC_MAC,
+            EMIT_DST_MAC,
+        )
+        .ipv4(s.octets(), d.octets(), hop_limit),
+        (IpAddr::V6(s), IpAddr::V6(d), LinkType::Ethernet) => PacketBuilder::ethernet2(
+            EMIT_SRC_MAC,
+            EMIT_DST_MAC,
+        )
+        .ipv6(s.octets(), d.octets(), hop_limit),
         (IpAddr::V4(s), IpAddr::V4(d), LinkType::RawIp) => {
             PacketBuilder::ipv4(s.octets(), d.octets(), hop_limit)
         }
@@ -53,7 +57,12 @@ pub fn emit_frame(link: LinkType, segment: &SegmentRepr<'_>) -> Result<Vec<u8>, 
         }
         (src, dst, _) => return Err(EmitError::MixedFamilies { src, dst }),
     };
-    let mut tcp = builder.tcp(segment.src.port(), segment.dst.port(), segment.seq.0, segment.window);
+    let mut tcp = builder.tcp(
+        segment.src.port(),
+        segment.dst.port(),
+        segment.seq.0,
+        segment.window,
+    );
     let flags = segment.flags;
     if flags.syn() {
         tcp = tcp.syn();
@@ -70,7 +79,9 @@ pub fn emit_frame(link: LinkType, segment: &SegmentRepr<'_>) -> Result<Vec<u8>, 
     if flags.ack() {
         tcp = tcp.ack(segment.ack.0);
     }
-    let tcp = tcp.options(&options).map_err(|e| EmitError::OptionsTooLong(e.to_string()))?;
+    let tcp = tcp
+        .options(&options)
+        .map_err(|e| EmitError::OptionsTooLong(e.to_string()))?;
     let mut frame = Vec::with_capacity(tcp.size(segment.payload.len()));
     tcp.write(&mut frame, segment.payload)
         .map_err(|_| EmitError::PayloadTooLarge(segment.payload.len()))?;

@@ -67,9 +67,14 @@ pub fn parse_frame(link: LinkType, frame: &[u8]) -> Result<SegmentRepr<'_>, Pars
             let ether_type = EtherType(u16::from_be_bytes([proto[0], proto[1]]));
             LaxSlicedPacket::from_ether_type(ether_type, &frame[LINUX_SLL_HEADER_LEN..])
         }
-        LinkType::RawIp => LaxSlicedPacket::from_ip(frame).map_err(|e| ParseError::Malformed {
-            layer: "IP",
-            detail: e.to_string(),
+        LinkType::RawIp => LaxSlicedPacket::from_ip(frame).map_err(|e| match e {
+            etherparse::err::ip::LaxHeaderSliceError::Len(len) => ParseError::Truncated {
+                layer: layer_name(len.layer),
+            },
+            etherparse::err::ip::LaxHeaderSliceError::Content(c) => ParseError::Malformed {
+                layer: "IP",
+                detail: c.to_string(),
+            },
         })?,
     };
     segment_from_packet(&packet)
@@ -79,11 +84,19 @@ fn segment_from_packet<'a>(packet: &LaxSlicedPacket<'a>) -> Result<SegmentRepr<'
     let (src_ip, dst_ip, payload) = match &packet.net {
         Some(LaxNetSlice::Ipv4(ip)) => {
             let h = ip.header();
-            (IpAddr::V4(h.source_addr()), IpAddr::V4(h.destination_addr()), ip.payload())
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                ip.payload(),
+            )
         }
         Some(LaxNetSlice::Ipv6(ip)) => {
             let h = ip.header();
-            (IpAddr::V6(h.source_addr()), IpAddr::V6(h.destination_addr()), ip.payload())
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                ip.payload(),
+            )
         }
         Some(LaxNetSlice::Arp(_)) => return Err(ParseError::NotIp),
         None => return Err(not_ip_error(packet)),
@@ -99,9 +112,10 @@ fn segment_from_packet<'a>(packet: &LaxSlicedPacket<'a>) -> Result<SegmentRepr<'
     }
     let tcp = TcpSlice::from_slice(payload.payload).map_err(|e| match e {
         etherparse::err::tcp::HeaderSliceError::Len(_) => ParseError::Truncated { layer: "TCP" },
-        etherparse::err::tcp::HeaderSliceError::Content(c) => {
-            ParseError::Malformed { layer: "TCP", detail: c.to_string() }
-        }
+        etherparse::err::tcp::HeaderSliceError::Content(c) => ParseError::Malformed {
+            layer: "TCP",
+            detail: c.to_string(),
+        },
     })?;
     Ok(SegmentRepr {
         src: SocketAddr::new(src_ip, tcp.source_port()),
@@ -119,10 +133,14 @@ fn segment_from_packet<'a>(packet: &LaxSlicedPacket<'a>) -> Result<SegmentRepr<'
 fn not_ip_error(packet: &LaxSlicedPacket<'_>) -> ParseError {
     match &packet.stop_err {
         Some((err, layer)) => match err {
-            etherparse::err::packet::SliceError::Len(_) => {
-                ParseError::Truncated { layer: layer_name(*layer) }
-            }
-            other => ParseError::Malformed { layer: layer_name(*layer), detail: other.to_string() },
+            // The length error names the innermost layer that was cut (IPv4 inside "IP").
+            etherparse::err::packet::SliceError::Len(len) => ParseError::Truncated {
+                layer: layer_name(len.layer),
+            },
+            other => ParseError::Malformed {
+                layer: layer_name(*layer),
+                detail: other.to_string(),
+            },
         },
         None => ParseError::NotIp,
     }
@@ -133,6 +151,7 @@ fn layer_name(layer: etherparse::err::Layer) -> &'static str {
     match layer {
         Layer::Ethernet2Header | Layer::LinuxSllHeader => "link",
         Layer::VlanHeader => "VLAN",
+        Layer::IpHeader => "IP",
         Layer::Ipv4Header | Layer::Ipv4Packet => "IPv4",
         Layer::Ipv6Header | Layer::Ipv6Packet => "IPv6",
         Layer::TcpHeader => "TCP",
@@ -151,14 +170,19 @@ fn flags_of(tcp: &TcpSlice<'_>) -> TcpFlags {
         (tcp.ece(), TcpFlags::ECE),
         (tcp.cwr(), TcpFlags::CWR),
     ];
-    pairs.iter().filter(|(set, _)| *set).fold(TcpFlags::default(), |acc, (_, f)| acc.with(*f))
+    pairs
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(TcpFlags::default(), |acc, (_, f)| acc.with(*f))
 }
 
 fn options_of(tcp: &TcpSlice<'_>) -> Result<TcpOptions, ParseError> {
     let mut options = TcpOptions::default();
     for element in tcp.options_iterator() {
-        let element = element
-            .map_err(|e| ParseError::Malformed { layer: "TCP options", detail: e.to_string() })?;
+        let element = element.map_err(|e| ParseError::Malformed {
+            layer: "TCP options",
+            detail: e.to_string(),
+        })?;
         match element {
             TcpOptionElement::MaximumSegmentSize(mss) => options.mss = Some(mss),
             TcpOptionElement::WindowScale(shift) => options.window_scale = Some(shift),

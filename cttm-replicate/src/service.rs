@@ -1,0 +1,477 @@
+//! Threads that run the protocol over a transport: [`PrimaryService`] (a sending thread and
+//! a receiving thread around a [`Primary`]) and [`BackupService`] (one thread around a
+//! [`Backup`]). Errors from the link (authentication failures included) are kept for the
+//! caller ([`PrimaryService::take_errors`]); nothing is printed.
+
+use crate::backup::{Backup, BackupConfig, BackupReport};
+use crate::primary::{
+    AckedOffsets, Primary, PrimaryConfig, PrimaryReport, SubmitError, Submitted, UnprotectedReason,
+};
+use crate::store::ReplicaStore;
+use crate::transport::{ReplicationTransport, TransportError};
+use cttm_core::ReplicationMessage;
+use cttm_core::endpoint::ConnectionId;
+use cttm_core::time::Instant;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The most link errors kept for [`PrimaryService::take_errors`] (older ones are dropped and
+/// counted).
+const MAX_ERRORS: usize = 256;
+
+/// A monotonic clock as the core's [`Instant`] (microseconds since the service started).
+#[derive(Clone, Copy, Debug)]
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Link errors kept for the caller.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    errors: VecDeque<TransportError>,
+    dropped: u64,
+}
+
+impl ErrorLog {
+    fn push(&mut self, e: TransportError) {
+        if self.errors.len() == MAX_ERRORS {
+            self.errors.pop_front();
+            self.dropped += 1;
+        }
+        self.errors.push_back(e);
+    }
+}
+
+struct PrimaryShared {
+    primary: Mutex<Primary>,
+    wake: Condvar,
+    progress: Condvar,
+    stop: AtomicBool,
+    transport: Arc<dyn ReplicationTransport>,
+    clock: Clock,
+    errors: Mutex<ErrorLog>,
+}
+
+/// The primary's replication running on its own threads.
+pub struct PrimaryService {
+    shared: Arc<PrimaryShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PrimaryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryService").finish_non_exhaustive()
+    }
+}
+
+impl PrimaryService {
+    /// Starts replicating over `transport` as primary incarnation `epoch`.
+    pub fn start(
+        config: PrimaryConfig,
+        epoch: u64,
+        transport: Arc<dyn ReplicationTransport>,
+    ) -> PrimaryService {
+        let shared = Arc::new(PrimaryShared {
+            primary: Mutex::new(Primary::new(config, epoch)),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+            stop: AtomicBool::new(false),
+            transport,
+            clock: Clock(std::time::Instant::now()),
+            errors: Mutex::new(ErrorLog::default()),
+        });
+        let reader = {
+            let s = shared.clone();
+            std::thread::spawn(move || primary_receive_loop(&s))
+        };
+        let writer = {
+            let s = shared.clone();
+            std::thread::spawn(move || primary_send_loop(&s))
+        };
+        PrimaryService {
+            shared,
+            threads: vec![reader, writer],
+        }
+    }
+
+    /// Ships one message (a tracker event, usually).
+    pub fn submit(&self, message: ReplicationMessage) -> Result<Submitted, SubmitError> {
+        let now = self.shared.clock.now();
+        let r = self.shared.primary.lock().submit(message, now);
+        self.shared.wake.notify_one();
+        r
+    }
+
+    /// Ships several messages under one lock.
+    pub fn submit_all(
+        &self,
+        messages: impl IntoIterator<Item = ReplicationMessage>,
+    ) -> Result<Vec<Submitted>, SubmitError> {
+        let now = self.shared.clock.now();
+        let r = {
+            let mut p = self.shared.primary.lock();
+            messages.into_iter().map(|m| p.submit(m, now)).collect()
+        };
+        self.shared.wake.notify_one();
+        r
+    }
+
+    /// Forgets connections closed before `closed_before` (in the events' time), shipping a
+    /// `Forget` for each; see [`Primary::forget_closed`]. Call it when the tracker forgets
+    /// lingering connections.
+    pub fn forget_closed(&self, closed_before: Instant) -> usize {
+        let now = self.shared.clock.now();
+        let n = self.shared.primary.lock().forget_closed(closed_before, now);
+        self.shared.wake.notify_one();
+        n
+    }
+
+    /// What the backup has acknowledged of a connection (for output commit).
+    pub fn acknowledged(&self, id: &ConnectionId) -> Option<AckedOffsets> {
+        self.shared.primary.lock().acknowledged(id)
+    }
+
+    /// The connections not protected now.
+    pub fn unprotected(&self) -> Vec<(ConnectionId, UnprotectedReason)> {
+        self.shared.primary.lock().unprotected()
+    }
+
+    /// Bytes retained (unacknowledged).
+    pub fn retained_bytes(&self) -> usize {
+        self.shared.primary.lock().retained_bytes()
+    }
+
+    /// The highest sequence number acknowledged by the backup.
+    pub fn acked_seq(&self) -> u64 {
+        self.shared.primary.lock().acked_seq()
+    }
+
+    /// Waits until the backup acknowledged `seq`, at most `timeout`; true if it did.
+    pub fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut p = self.shared.primary.lock();
+        while p.acked_seq() < seq {
+            if self
+                .shared
+                .progress
+                .wait_until(&mut p, deadline)
+                .timed_out()
+            {
+                return p.acked_seq() >= seq;
+            }
+        }
+        true
+    }
+
+    /// Waits until retained bytes drop to `bytes` or below, at most `timeout`.
+    pub fn wait_retained_below(&self, bytes: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut p = self.shared.primary.lock();
+        while p.retained_bytes() > bytes {
+            if self
+                .shared
+                .progress
+                .wait_until(&mut p, deadline)
+                .timed_out()
+            {
+                return p.retained_bytes() <= bytes;
+            }
+        }
+        true
+    }
+
+    /// Waits until the backup acknowledged everything and nothing is unprotected, at most
+    /// `timeout`; true if so.
+    pub fn wait_synchronised(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut p = self.shared.primary.lock();
+        while !p.is_synchronised() {
+            if self
+                .shared
+                .progress
+                .wait_until(&mut p, deadline)
+                .timed_out()
+            {
+                return p.is_synchronised();
+            }
+        }
+        true
+    }
+
+    /// Runs `f` on the protocol state (snapshots of the primary's copy, counters).
+    pub fn with_primary<T>(&self, f: impl FnOnce(&Primary) -> T) -> T {
+        f(&self.shared.primary.lock())
+    }
+
+    /// True while the link is up.
+    pub fn link_up(&self) -> bool {
+        self.shared.transport.is_up()
+    }
+
+    /// The failure detector's verdict on the backup.
+    pub fn backup_alive(&self) -> bool {
+        let now = self.shared.clock.now();
+        self.shared.primary.lock().backup_alive(now)
+    }
+
+    /// Link errors since the last call (authentication failures, resets, refused
+    /// handshakes), oldest first, and how many older ones were discarded.
+    pub fn take_errors(&self) -> (Vec<TransportError>, u64) {
+        let mut log = self.shared.errors.lock();
+        let dropped = std::mem::take(&mut log.dropped);
+        (log.errors.drain(..).collect(), dropped)
+    }
+
+    /// Protocol reports since the last call.
+    pub fn take_reports(&self) -> Vec<PrimaryReport> {
+        self.shared.primary.lock().take_reports()
+    }
+}
+
+impl Drop for PrimaryService {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn poll_interval(config: &PrimaryConfig) -> Duration {
+    (config.heartbeat_interval / 2).max(Duration::from_millis(1))
+}
+
+fn primary_receive_loop(s: &PrimaryShared) {
+    let interval = poll_interval(s.primary.lock().config());
+    let mut epoch = s.transport.link_epoch();
+    let mut link_since = s.clock.now();
+    let mut received = s.transport.bytes_received();
+    while !s.stop.load(Ordering::SeqCst) {
+        let result = s.transport.recv(interval);
+        let now = s.clock.now();
+        let bytes = s.transport.bytes_received();
+        if bytes != received {
+            received = bytes;
+            s.primary.lock().on_activity(now);
+        }
+        let current = s.transport.link_epoch();
+        if current != epoch {
+            epoch = current;
+            link_since = now;
+            s.primary.lock().on_link_down();
+        }
+        match result {
+            Ok(Some(m)) => {
+                s.primary.lock().on_message(m, now);
+                s.progress.notify_all();
+                s.wake.notify_one();
+            }
+            Ok(None) => {}
+            Err(TransportError::LinkDown) => std::thread::sleep(interval),
+            Err(e) => s.errors.lock().push(e),
+        }
+        // Failure detector: a link that carries nothing from the backup for
+        // `failure_misses` heartbeats is dead even if TCP has not noticed yet.
+        if s.transport.is_up() {
+            let p = s.primary.lock();
+            let limit = p.config().heartbeat_interval * p.config().failure_misses;
+            let silent_link = now.saturating_since(link_since) >= limit && !p.backup_alive(now);
+            drop(p);
+            if silent_link {
+                s.transport.reset();
+            }
+        }
+    }
+}
+
+fn primary_send_loop(s: &PrimaryShared) {
+    let interval = poll_interval(s.primary.lock().config());
+    let mut batch = Vec::new();
+    while !s.stop.load(Ordering::SeqCst) {
+        {
+            let mut p = s.primary.lock();
+            p.poll(s.clock.now());
+            if s.transport.is_up() {
+                while batch.len() < 64 {
+                    match p.poll_transmit() {
+                        Some(m) => batch.push(m),
+                        None => break,
+                    }
+                }
+            }
+            if batch.is_empty() {
+                let _ = s.wake.wait_for(&mut p, interval);
+                continue;
+            }
+        }
+        for m in batch.drain(..) {
+            if let Err(e) = s.transport.send(&m) {
+                if !matches!(e, TransportError::LinkDown) {
+                    s.errors.lock().push(e);
+                }
+                s.primary.lock().on_link_down();
+                break;
+            }
+        }
+    }
+}
+
+struct BackupShared {
+    backup: Mutex<Backup>,
+    stop: AtomicBool,
+    transport: Arc<dyn ReplicationTransport>,
+    clock: Clock,
+    errors: Mutex<ErrorLog>,
+    config: BackupConfig,
+}
+
+/// The backup's replication running on its own thread.
+pub struct BackupService {
+    shared: Arc<BackupShared>,
+    store: ReplicaStore,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BackupService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupService").finish_non_exhaustive()
+    }
+}
+
+impl BackupService {
+    /// Starts applying what arrives over `transport` to `store`, as backup incarnation
+    /// `epoch`.
+    pub fn start(
+        config: BackupConfig,
+        store: ReplicaStore,
+        epoch: u64,
+        transport: Arc<dyn ReplicationTransport>,
+    ) -> BackupService {
+        let shared = Arc::new(BackupShared {
+            backup: Mutex::new(Backup::new(config, store.clone(), epoch)),
+            stop: AtomicBool::new(false),
+            transport,
+            clock: Clock(std::time::Instant::now()),
+            errors: Mutex::new(ErrorLog::default()),
+            config,
+        });
+        let s = shared.clone();
+        let thread = std::thread::spawn(move || backup_loop(&s));
+        BackupService {
+            shared,
+            store,
+            thread: Some(thread),
+        }
+    }
+
+    /// The replica store (a handle readers may clone).
+    pub fn store(&self) -> &ReplicaStore {
+        &self.store
+    }
+
+    /// The failure detector's verdict on the primary.
+    pub fn primary_alive(&self) -> bool {
+        let now = self.shared.clock.now();
+        self.shared.backup.lock().primary_alive(now)
+    }
+
+    /// True while the link is up.
+    pub fn link_up(&self) -> bool {
+        self.shared.transport.is_up()
+    }
+
+    /// Link errors since the last call (authentication failures included), and how many
+    /// older ones were discarded.
+    pub fn take_errors(&self) -> (Vec<TransportError>, u64) {
+        let mut log = self.shared.errors.lock();
+        let dropped = std::mem::take(&mut log.dropped);
+        (log.errors.drain(..).collect(), dropped)
+    }
+
+    /// Protocol reports since the last call.
+    pub fn take_reports(&self) -> Vec<BackupReport> {
+        self.shared.backup.lock().take_reports()
+    }
+}
+
+impl Drop for BackupService {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn backup_loop(s: &BackupShared) {
+    let interval = (s.config.heartbeat_interval / 2).max(Duration::from_millis(1));
+    let mut epoch = 0;
+    let mut link_since = s.clock.now();
+    let mut received = s.transport.bytes_received();
+    while !s.stop.load(Ordering::SeqCst) {
+        let mut result = s.transport.recv(interval);
+        let now = s.clock.now();
+        let bytes = s.transport.bytes_received();
+        if bytes != received {
+            received = bytes;
+            s.backup.lock().on_activity(now);
+        }
+        let current = s.transport.link_epoch();
+        if current != epoch && s.transport.is_up() {
+            epoch = current;
+            link_since = now;
+            s.backup.lock().on_link_up(now);
+        }
+        // Apply what arrived, then everything already buffered, then answer once.
+        let mut drained = 0;
+        loop {
+            match result {
+                Ok(Some(m)) => s.backup.lock().on_message(m, now),
+                Ok(None) => break,
+                Err(TransportError::LinkDown) => break,
+                Err(e) => {
+                    s.errors.lock().push(e);
+                    break;
+                }
+            }
+            drained += 1;
+            if drained >= 1024 {
+                break;
+            }
+            result = s.transport.recv(Duration::ZERO);
+        }
+        let mut out = Vec::new();
+        {
+            let mut b = s.backup.lock();
+            b.poll(now);
+            if s.transport.is_up() {
+                while let Some(m) = b.poll_transmit(true) {
+                    out.push(m);
+                }
+            }
+        }
+        for m in out {
+            if let Err(e) = s.transport.send(&m) {
+                if !matches!(e, TransportError::LinkDown) {
+                    s.errors.lock().push(e);
+                }
+                break;
+            }
+        }
+        if s.transport.is_up() {
+            let limit = s.config.heartbeat_interval * s.config.failure_misses;
+            if now.saturating_since(link_since) >= limit && !s.backup.lock().primary_alive(now) {
+                s.transport.reset();
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The backup's replica store: a [`Replica`] that applies sequenced messages strictly in
+//! sequence order, shared between the replication thread and readers (restore, shadow
+//! sessions) through a cloneable, thread-safe handle.
+
+use crate::wire::Payload;
+use cttm_core::endpoint::ConnectionId;
+use cttm_core::message::MessageV1;
+use cttm_core::record::Applied;
+use cttm_core::replica::{Holding, ReplicaError};
+use cttm_core::snapshot::ConnectionSnapshot;
+use cttm_core::{Replica, ReplicaConfig, ReplicationMessage, Side};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// What applying one sequenced message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SequencedOutcome {
+    /// It was the next message and was applied.
+    Applied(Applied),
+    /// Its sequence number was already applied; nothing changed.
+    Duplicate,
+    /// Messages before it are missing; nothing changed. Resynchronise.
+    Gap {
+        /// The sequence number expected.
+        expected: u64,
+        /// The one that arrived.
+        got: u64,
+    },
+    /// It was the next message but the replica rejected it (the connection diverged). Its
+    /// sequence number is consumed; the connection needs a whole record.
+    Rejected {
+        /// The connection concerned.
+        id: Option<ConnectionId>,
+        /// Why.
+        error: ReplicaError,
+    },
+}
+
+/// Counters of the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Messages applied.
+    pub applied: u64,
+    /// Duplicates ignored.
+    pub duplicates: u64,
+    /// Messages that arrived after a gap (not applied).
+    pub gaps: u64,
+    /// Messages the replica rejected.
+    pub rejected: u64,
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    replica: Replica,
+    applied_seq: u64,
+    consumed_dirty: BTreeSet<ConnectionId>,
+    stats: StoreStats,
+}
+
+/// The backup's replica, shared. Cloning gives another handle to the same store.
+#[derive(Clone, Debug)]
+pub struct ReplicaStore {
+    inner: Arc<RwLock<StoreInner>>,
+}
+
+impl ReplicaStore {
+    /// An empty store.
+    pub fn new(config: ReplicaConfig) -> ReplicaStore {
+        ReplicaStore {
+            inner: Arc::new(RwLock::new(StoreInner {
+                replica: Replica::new(config),
+                applied_seq: 0,
+                consumed_dirty: BTreeSet::new(),
+                stats: StoreStats::default(),
+            })),
+        }
+    }
+
+    /// Applies the message numbered `seq` if it is the next one (`applied_seq() + 1`).
+    pub fn apply_sequenced(&self, seq: u64, payload: &Payload) -> SequencedOutcome {
+        let mut inner = self.inner.write();
+        if seq <= inner.applied_seq {
+            inner.stats.duplicates += 1;
+            return SequencedOutcome::Duplicate;
+        }
+        if seq != inner.applied_seq + 1 {
+            inner.stats.gaps += 1;
+            return SequencedOutcome::Gap {
+                expected: inner.applied_seq + 1,
+                got: seq,
+            };
+        }
+        inner.applied_seq = seq;
+        match apply_payload(&mut inner.replica, payload) {
+            Ok(a) => {
+                inner.stats.applied += 1;
+                SequencedOutcome::Applied(a)
+            }
+            Err(error) => {
+                inner.stats.rejected += 1;
+                SequencedOutcome::Rejected {
+                    id: payload.connection(),
+                    error,
+                }
+            }
+        }
+    }
+
+    /// The highest sequence number applied (every one below it is applied too).
+    pub fn applied_seq(&self) -> u64 {
+        self.inner.read().applied_seq
+    }
+
+    /// Moves the sequence position (after the primary announced a resynchronisation).
+    pub(crate) fn set_applied_seq(&self, seq: u64) {
+        self.inner.write().applied_seq = seq;
+    }
+
+    /// What the replica holds, per connection ([`Replica::holdings`]).
+    pub fn holdings(&self) -> Vec<Holding> {
+        self.inner.read().replica.holdings()
+    }
+
+    /// Snapshots of every connection, ordered by identity.
+    pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
+        self.inner.read().replica.snapshots()
+    }
+
+    /// The snapshot of one connection.
+    pub fn snapshot(&self, id: &ConnectionId) -> Option<ConnectionSnapshot> {
+        self.inner.read().replica.snapshot(id)
+    }
+
+    /// The retained client bytes of a connection, with the offset of the first one.
+    pub fn client_bytes(&self, id: &ConnectionId) -> Option<(u64, Vec<u8>)> {
+        self.retained(id, Side::Client)
+    }
+
+    /// The retained server bytes of a connection (sent, not yet acknowledged by the client),
+    /// with the offset of the first one.
+    pub fn server_bytes(&self, id: &ConnectionId) -> Option<(u64, Vec<u8>)> {
+        self.retained(id, Side::Server)
+    }
+
+    fn retained(&self, id: &ConnectionId, side: Side) -> Option<(u64, Vec<u8>)> {
+        let inner = self.inner.read();
+        let stream = inner.replica.record(id)?.stream(side);
+        let from = stream.retained_from();
+        Some((from, stream.bytes_between(from, stream.received_end())))
+    }
+
+    /// Releases a connection's client bytes below `upto` (its shadow session consumed them);
+    /// the primary learns it with the next acknowledgement and releases its copies.
+    pub fn consume_client(&self, id: &ConnectionId, upto: u64) {
+        let mut inner = self.inner.write();
+        inner.replica.consume_client(id, upto);
+        inner.consumed_dirty.insert(*id);
+    }
+
+    /// Client-consumption positions changed since the last call (for acknowledgements).
+    pub(crate) fn take_consumed(&self) -> Vec<(ConnectionId, u64)> {
+        let mut inner = self.inner.write();
+        let dirty = std::mem::take(&mut inner.consumed_dirty);
+        dirty
+            .into_iter()
+            .filter_map(|id| {
+                Some((
+                    id,
+                    inner
+                        .replica
+                        .record(&id)?
+                        .stream(Side::Client)
+                        .retained_from(),
+                ))
+            })
+            .collect()
+    }
+
+    /// How many connections are held.
+    pub fn len(&self) -> usize {
+        self.inner.read().replica.len()
+    }
+
+    /// True when no connection is held.
+    pub fn is_empty(&self) -> bool {
+        self.inner.read().replica.is_empty()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.read().stats
+    }
+
+    /// Runs `f` with read access to the replica.
+    pub fn with_replica<T>(&self, f: impl FnOnce(&Replica) -> T) -> T {
+        f(&self.inner.read().replica)
+    }
+}
+
+/// Applies one payload. A whole record replacing one of the same incarnation keeps the
+/// client bytes already consumed released (the primary's copy may still hold them).
+fn apply_payload(replica: &mut Replica, payload: &Payload) -> Result<Applied, ReplicaError> {
+    match payload {
+        Payload::Message(m @ ReplicationMessage::V1(MessageV1::Record(record))) => {
+            let consumed = replica.record(&record.id()).and_then(|old| {
+                (old.handshake() == record.handshake())
+                    .then(|| old.stream(Side::Client).retained_from())
+            });
+            let applied = replica.apply_message(m)?;
+            if let Some(upto) = consumed {
+                replica.consume_client(&record.id(), upto);
+            }
+            Ok(applied)
+        }
+        Payload::Message(m) => replica.apply_message(m),
+        Payload::Retain(keep) => {
+            let keep: BTreeSet<_> = keep.iter().copied().collect();
+            let drop: Vec<_> = replica
+                .records()
+                .map(|r| r.id())
+                .filter(|id| !keep.contains(id))
+                .collect();
+            for id in &drop {
+                replica.forget(id);
+            }
+            Ok(if drop.is_empty() {
+                Applied::Duplicate
+            } else {
+                Applied::Changed
+            })
+        }
+    }
+}
+
+/// Holdings keyed by connection, for comparisons.
+pub(crate) fn holdings_by_id(holdings: &[Holding]) -> BTreeMap<ConnectionId, Holding> {
+    holdings.iter().map(|h| (h.id, *h)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cttm_core::event::{ConnectionEvent, EventKind, Handshake};
+
+    fn id() -> ConnectionId {
+        ConnectionId {
+            client: "198.18.0.2:4000".parse().unwrap(),
+            server: "198.18.0.1:80".parse().unwrap(),
+        }
+    }
+
+    fn ev(kind: EventKind) -> Payload {
+        Payload::Message(
+            MessageV1::Event(ConnectionEvent {
+                id: id(),
+                at: cttm_core::Instant::ZERO,
+                kind,
+            })
+            .into(),
+        )
+    }
+
+    fn opened() -> Payload {
+        ev(EventKind::Opened(Handshake {
+            client_isn: cttm_core::SeqNumber(10),
+            server_isn: cttm_core::SeqNumber(20),
+            client_mss: Some(1460),
+            server_mss: Some(1460),
+            client_window_scale: None,
+            server_window_scale: None,
+            sack_permitted: false,
+            timestamps: false,
+            client_syn_tsval: None,
+            server_syn_tsval: None,
+            client_syn_window: 1000,
+            server_syn_window: 1000,
+            mid_stream: false,
+        }))
+    }
+
+    #[test]
+    fn messages_apply_in_sequence_order_only() {
+        let store = ReplicaStore::new(ReplicaConfig::default());
+        let data = ev(EventKind::ClientData {
+            offset: 0,
+            bytes: b"hello".to_vec(),
+        });
+        assert_eq!(
+            store.apply_sequenced(2, &data),
+            SequencedOutcome::Gap {
+                expected: 1,
+                got: 2
+            }
+        );
+        assert!(store.is_empty());
+        assert_eq!(
+            store.apply_sequenced(1, &opened()),
+            SequencedOutcome::Applied(Applied::Changed)
+        );
+        assert_eq!(
+            store.apply_sequenced(1, &opened()),
+            SequencedOutcome::Duplicate
+        );
+        assert_eq!(
+            store.apply_sequenced(2, &data),
+            SequencedOutcome::Applied(Applied::Changed)
+        );
+        assert_eq!(store.client_bytes(&id()), Some((0, b"hello".to_vec())));
+        let gap = ev(EventKind::ClientData {
+            offset: 50,
+            bytes: b"x".to_vec(),
+        });
+        assert!(matches!(
+            store.apply_sequenced(3, &gap),
+            SequencedOutcome::Rejected { id: Some(_), .. }
+        ));
+        assert_eq!(store.applied_seq(), 3);
+        let s = store.stats();
+        assert_eq!((s.applied, s.duplicates, s.gaps, s.rejected), (2, 1, 1, 1));
+    }
+
+    #[test]
+    fn a_record_of_the_same_incarnation_keeps_consumed_bytes_released() {
+        let store = ReplicaStore::new(ReplicaConfig::default());
+        store.apply_sequenced(1, &opened());
+        store.apply_sequenced(
+            2,
+            &ev(EventKind::ClientData {
+                offset: 0,
+                bytes: b"abcdef".to_vec(),
+            }),
+        );
+        let record = store.with_replica(|r| r.record(&id()).unwrap().clone());
+        store.consume_client(&id(), 4);
+        assert_eq!(store.take_consumed(), vec![(id(), 4)]);
+        assert_eq!(store.take_consumed(), vec![]);
+        store.apply_sequenced(
+            3,
+            &Payload::Message(MessageV1::Record(Box::new(record)).into()),
+        );
+        assert_eq!(store.client_bytes(&id()), Some((4, b"ef".to_vec())));
+        store.apply_sequenced(4, &Payload::Retain(vec![]));
+        assert!(store.is_empty());
+    }
+}
