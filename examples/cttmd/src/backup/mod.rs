@@ -1,0 +1,1 @@
+//! The backup agent (being written).

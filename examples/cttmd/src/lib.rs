@@ -1,0 +1,13 @@
+//! # cttmd: the CTTM agents
+//!
+//! | module | role |
+//! |---|---|
+//! | [`options`] | the resolved settings each role runs with (what the config file and flags become) |
+//! | [`config`] | TOML configuration files and command-line flags, with errors naming the key |
+//! | [`primary`] | the primary agent: capture, track, replicate, output commit |
+//! | [`backup`] | the backup agent: replica, shadow sessions, failure detection, takeover |
+
+pub mod backup;
+pub mod config;
+pub mod options;
+pub mod primary;

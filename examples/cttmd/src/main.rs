@@ -1,0 +1,2 @@
+//! `cttmd`: the CTTM agent (being written).
+fn main() {}

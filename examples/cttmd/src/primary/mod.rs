@@ -1,0 +1,1 @@
+//! The primary agent (being written).

@@ -1,0 +1,1 @@
+//! kvd (being written).
