@@ -17,11 +17,13 @@
 #[cfg(feature = "af-packet")]
 pub mod af_packet;
 pub mod bpf;
+pub mod feed;
 pub mod memory;
 #[cfg(feature = "nfqueue")]
 pub mod nfqueue;
 pub mod pcap;
 
+pub use feed::{DropWatch, FeedOutcome, feed_tracker};
 pub use memory::MemorySource;
 
 use cttm_core::{Instant, LinkType};

@@ -67,6 +67,36 @@ pub struct Handshake {
     pub mid_stream: bool,
 }
 
+impl Handshake {
+    /// A handshake that negotiated no option (no MSS, scaling, SACK or timestamps) and
+    /// announced zero windows: the base for hand-built events (`Handshake { client_mss:
+    /// Some(1460), ..Handshake::without_options(a, b) }`).
+    pub const fn without_options(client_isn: SeqNumber, server_isn: SeqNumber) -> Handshake {
+        Handshake {
+            client_isn,
+            server_isn,
+            client_mss: None,
+            server_mss: None,
+            client_window_scale: None,
+            server_window_scale: None,
+            sack_permitted: false,
+            timestamps: false,
+            client_syn_tsval: None,
+            server_syn_tsval: None,
+            client_syn_window: 0,
+            server_syn_window: 0,
+            mid_stream: false,
+        }
+    }
+
+    /// The handshake of a connection picked up mid-stream: ISNs inferred, options unknown.
+    pub const fn mid_stream(client_isn: SeqNumber, server_isn: SeqNumber) -> Handshake {
+        let mut h = Handshake::without_options(client_isn, server_isn);
+        h.mid_stream = true;
+        h
+    }
+}
+
 /// How a connection ended.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub enum CloseHow {
@@ -91,6 +121,12 @@ pub enum UnsafeReason {
         side: Side,
         /// The first missing byte.
         offset: u64,
+    },
+    /// The capture source reported frames it dropped (kernel ring overrun) while this
+    /// connection was open: which bytes are missing is unknown.
+    CaptureDrops {
+        /// Frames the source reported dropped.
+        frames: u64,
     },
     /// Out-of-order data exceeded the configured reassembly limit and was discarded.
     ReassemblyOverflow {

@@ -19,6 +19,7 @@
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
 #![forbid(unsafe_code)]
 
+pub mod commit;
 pub mod endpoint;
 pub mod event;
 pub mod message;

@@ -30,6 +30,9 @@ struct FuzzSegment {
     wscale: Option<u8>,
     ts: Option<(u32, u32)>,
     advance_ms: u64,
+    /// Added to the client port: a few connections per address family, more than the
+    /// tracker's table holds, so that eviction (closed connections, pending handshakes) runs.
+    client_port_offset: u16,
 }
 
 fn near(isn: u32) -> impl Strategy<Value = u32> {
@@ -60,9 +63,22 @@ fn fuzz_segment() -> impl Strategy<Value = FuzzSegment> {
         proptest::option::of(0u8..20),
         proptest::option::of((any::<u32>(), any::<u32>())),
         0u64..5000,
+        0u16..3,
     )
         .prop_map(
-            |(v6, client, cseq, sseq, flags, window, len, wscale, ts, advance_ms)| {
+            |(
+                v6,
+                client,
+                cseq,
+                sseq,
+                flags,
+                window,
+                len,
+                wscale,
+                ts,
+                advance_ms,
+                client_port_offset,
+            )| {
                 // Client segments carry client sequence numbers and server acks, and vice versa.
                 let (seq, ack) = if client { (cseq, sseq) } else { (sseq, cseq) };
                 FuzzSegment {
@@ -76,6 +92,7 @@ fn fuzz_segment() -> impl Strategy<Value = FuzzSegment> {
                     wscale,
                     ts,
                     advance_ms,
+                    client_port_offset,
                 }
             },
         )
@@ -83,7 +100,9 @@ fn fuzz_segment() -> impl Strategy<Value = FuzzSegment> {
 
 impl FuzzSegment {
     fn seg(&self) -> Seg {
-        let id = if self.v6 { id6() } else { id4() };
+        let mut id = if self.v6 { id6() } else { id4() };
+        id.client
+            .set_port(id.client.port() + self.client_port_offset);
         let mut seg = if self.client {
             Seg::client(id, self.seq)
         } else {

@@ -416,10 +416,12 @@ fn zero_window_probe_then_window_opens() {
         vec![sack(10, 0)]
     );
     assert_eq!(h.tracker.snapshot(&id).unwrap().window.rcv_wnd, 0);
-    // The probe: one byte beyond the zero window; Linux drops it and repeats its ACK.
+    // The probe: one byte into the zero window. It is acceptable (SEQ = RCV.NXT), so its ACK
+    // is processed, but Linux `tcp_data_queue()` drops the byte (TCPZEROWINDOWDROP) and
+    // repeats its ACK: the byte is not received.
     assert_eq!(
         h.feed(200, &Seg::client(id, c(10)).ack(s(0)).data(b"X")),
-        vec![data(10, b"X"), cack(0, 10, 1000)]
+        vec![cack(0, 10, 1000)]
     );
     assert!(
         h.feed(201, &Seg::server(id, s(0)).ack(c(10)).win(0))
@@ -438,7 +440,7 @@ fn zero_window_probe_then_window_opens() {
     );
     assert_eq!(
         h.feed(301, &Seg::client(id, c(10)).ack(s(0)).data(b"XYZ")),
-        vec![data(11, b"YZ")]
+        vec![data(10, b"XYZ")]
     );
     assert_eq!(
         h.feed(302, &Seg::server(id, s(0)).ack(c(13)).win(4000)),
@@ -575,27 +577,173 @@ fn server_data_and_client_acks_shrink_the_send_queue() {
 }
 
 #[test]
-fn client_ack_of_server_bytes_never_captured_is_a_capture_hole() {
+fn client_ack_of_server_bytes_never_sent_is_ignored() {
     let (mut h, id) = established();
     h.feed(10, &Seg::server(id, s(0)).ack(c(0)).win(2000).data(b"abc"));
-    // Server bytes 3..6 were not captured; the client acknowledges them.
+    // Every server segment is captured at the server host: an ACK of 6 acknowledges bytes
+    // the server never sent. Linux `tcp_ack()` drops such a segment, data included
+    // (RFC 9293 §3.10.7.4), so nothing changes: no hole, no acknowledgement, no data.
+    assert!(h.feed(11, &Seg::client(id, c(0)).ack(s(6))).is_empty());
+    assert!(
+        h.feed(12, &Seg::client(id, c(0)).ack(s(6)).data(b"forged"))
+            .is_empty()
+    );
+    let snap = h.tracker.snapshot(&id).unwrap();
+    assert_eq!(snap.restorability, Restorability::Restorable);
+    assert_eq!(snap.send.una, SeqNumber(s(0)));
+    assert_eq!(snap.send.bytes, b"abc");
+    assert_eq!(h.tracker.stats().unsafe_connections, 0);
+    assert_eq!(h.tracker.stats().client_segments_rejected, 2);
+    // The real segment at the same sequence with a valid ACK is taken in full.
     assert_eq!(
-        h.feed(11, &Seg::client(id, c(0)).ack(s(6))),
+        h.feed(13, &Seg::client(id, c(0)).ack(s(3)).data(b"real")),
+        vec![data(0, b"real"), cack(3, 0, 1000)]
+    );
+    assert_eq!(h.tracker.snapshot(&id).unwrap().send.una, SeqNumber(s(3)));
+}
+
+#[test]
+fn client_ack_over_server_bytes_the_capture_missed_is_a_capture_hole() {
+    let (mut h, id) = established();
+    h.feed(10, &Seg::server(id, s(0)).ack(c(0)).win(2000).data(b"abc"));
+    // Server bytes 3..6 were sent but not captured (a capture drop): 6..9 were.
+    h.feed(11, &Seg::server(id, s(6)).ack(c(0)).win(2000).data(b"ghi"));
+    assert_eq!(
+        h.feed(12, &Seg::client(id, c(0)).ack(s(9))),
         vec![
             EventKind::Unsafe(UnsafeReason::CaptureHole {
                 side: Side::Server,
                 offset: 3
             }),
-            cack(6, 0, 1000)
+            cack(9, 0, 1000)
         ]
     );
     assert_eq!(
-        h.feed(12, &Seg::server(id, s(6)).ack(c(0)).win(2000).data(b"ghi")),
-        vec![sdata(6, b"ghi")]
+        h.feed(13, &Seg::server(id, s(9)).ack(c(0)).win(2000).data(b"jkl")),
+        vec![sdata(9, b"jkl")]
     );
     let snap = h.tracker.snapshot(&id).unwrap();
+    assert_eq!(snap.send.una, SeqNumber(s(9)));
+    assert_eq!(snap.send.bytes, b"jkl");
+}
+
+#[test]
+fn client_data_outside_the_receive_window_is_dropped() {
+    let (mut h, id) = established();
+    h.feed(10, &Seg::client(id, c(0)).ack(s(0)).data(b"abc"));
+    assert_eq!(
+        h.feed(11, &Seg::server(id, s(0)).ack(c(3)).win(10)),
+        vec![sack(3, 10)]
+    );
+    // The window is [3, 13). A forged segment starting at the right edge or beyond is
+    // dropped by Linux (`tcp_sequence()` past it; at it, `tcp_data_queue()` drops the bytes
+    // after `tcp_ack()` took the acknowledgement): its bytes must not be buffered ahead of
+    // the real ones.
+    assert_eq!(
+        h.feed(12, &Seg::client(id, c(13)).ack(s(0)).data(b"EVIL")),
+        vec![cack(0, 13, 1000)]
+    );
+    assert!(
+        h.feed(12, &Seg::client(id, c(14)).ack(s(0)).data(b"EVIL"))
+            .is_empty()
+    );
+    assert!(
+        h.feed(12, &Seg::client(id, c(500)).ack(s(0)).data(b"x").fin())
+            .is_empty()
+    );
+    // Wholly before RCV.WUP: a stale segment, ignored with its ACK and window.
+    assert!(
+        h.feed(12, &Seg::client(id, c(0)).ack(s(0)).win(9).data(b"ab"))
+            .is_empty()
+    );
+    // Without ACK: dropped (RFC 9293 §3.10.7.4, "if the ACK bit is off drop the segment").
+    let mut no_ack = Seg::client(id, c(3)).data(b"forged");
+    no_ack.ack = s(0);
+    assert!(h.feed(12, &no_ack).is_empty());
+    // Starting inside the window: taken whole, even past the right edge (Linux queues the
+    // whole segment; it does not trim to the window).
+    assert_eq!(
+        h.feed(13, &Seg::client(id, c(12)).ack(s(0)).data(b"MNOPQ")),
+        vec![cack(0, 12, 1000)]
+    );
+    assert_eq!(
+        h.feed(14, &Seg::client(id, c(3)).ack(s(0)).data(b"defghijkl")),
+        vec![data(3, b"defghijklMNOPQ"), cack(0, 3, 1000)]
+    );
+    assert_eq!(
+        h.tracker.snapshot(&id).unwrap().state,
+        TcpState::Established
+    );
+    // At the right edge (its data only), beyond it twice, before RCV.WUP, without ACK.
+    assert_eq!(h.tracker.stats().client_segments_rejected, 5);
+}
+
+#[test]
+fn client_data_and_fin_into_a_zero_window() {
+    let (mut h, id) = established();
+    h.feed(10, &Seg::client(id, c(0)).ack(s(0)).data(b"abc"));
+    h.feed(11, &Seg::server(id, s(0)).ack(c(3)).win(0));
+    // New data into a zero window is dropped, also when it overlaps received bytes
+    // (Linux `tcp_data_queue()`, partial and in-order cases); its ACK still counts.
+    assert_eq!(
+        h.feed(12, &Seg::client(id, c(2)).ack(s(0)).win(900).data(b"cD")),
+        vec![cack(0, 2, 900)]
+    );
+    assert_eq!(
+        h.feed(
+            13,
+            &Seg::client(id, c(3)).ack(s(0)).win(900).data(b"D").fin()
+        ),
+        vec![cack(0, 3, 900)]
+    );
+    // A bare FIN at RCV.NXT is taken even so (Linux 6.x accepts it into a zero window).
+    assert_eq!(
+        h.feed(14, &Seg::client(id, c(3)).ack(s(0)).win(900).fin()),
+        vec![fin(Side::Client, 3)]
+    );
+    assert_eq!(
+        h.feed(15, &Seg::server(id, s(0)).ack(c(4)).win(0)),
+        vec![sack(4, 0)]
+    );
+    assert_eq!(state(&h, id), TcpState::CloseWait);
+}
+
+#[test]
+fn client_segments_outside_the_window_move_neither_snd_wl1_nor_snd_una() {
+    let (mut h, id) = established();
+    h.feed(10, &Seg::client(id, c(0)).ack(s(0)).data(b"0123456789"));
+    h.feed(11, &Seg::server(id, s(0)).ack(c(10)).win(0).data(b"abcdef"));
+    assert_eq!(
+        h.feed(12, &Seg::client(id, c(10)).ack(s(3)).win(700)),
+        vec![cack(3, 10, 700)]
+    );
+    let window = |h: &Harness| h.tracker.snapshot(&id).unwrap().window;
+    let before = window(&h);
+    assert_eq!((before.snd_wl1, before.snd_wnd), (c(10), 700));
+    // A zero-window probe (Linux `tcp_xmit_probe_skb()`: SEQ = SND.UNA - 1, no data) ends
+    // before RCV.WUP: the server answers with a duplicate ACK and ignores its fields.
+    assert!(
+        h.feed(13, &Seg::client(id, c(9)).ack(s(6)).win(5000))
+            .is_empty()
+    );
+    // The client sent one byte at 10, then a pure ACK at 11; the ACK overtakes the byte and
+    // lands beyond the closed window (right edge 10): ignored as well.
+    assert!(
+        h.feed(14, &Seg::client(id, c(11)).ack(s(6)).win(4000))
+            .is_empty()
+    );
+    let snap = h.tracker.snapshot(&id).unwrap();
+    assert_eq!(snap.window, before);
+    assert_eq!(snap.send.una, SeqNumber(s(3)));
+    assert_eq!(snap.send.bytes, b"def");
+    // An acceptable pure ACK at RCV.NXT moves both.
+    assert_eq!(
+        h.feed(15, &Seg::client(id, c(10)).ack(s(6)).win(4000)),
+        vec![cack(6, 10, 4000)]
+    );
+    let snap = h.tracker.snapshot(&id).unwrap();
+    assert_eq!((snap.window.snd_wl1, snap.window.snd_wnd), (c(10), 4000));
     assert_eq!(snap.send.una, SeqNumber(s(6)));
-    assert_eq!(snap.send.bytes, b"ghi");
 }
 
 // ---------------------------------------------------------------- closing
@@ -773,6 +921,55 @@ fn client_rst_counts_only_inside_the_window() {
     assert!(
         h.feed(14, &Seg::server(id, s(0)).rst()).is_empty(),
         "already closed"
+    );
+}
+
+#[test]
+fn client_rst_inside_the_window_but_not_at_rcv_nxt_is_ignored() {
+    let (mut h, id) = established();
+    h.feed(10, &Seg::client(id, c(0)).ack(s(0)).data(b"abc"));
+    h.feed(11, &Seg::server(id, s(0)).ack(c(3)).win(2000));
+    // In the window [3, 2003) but not at RCV.NXT: Linux sends a challenge ACK and keeps the
+    // connection (RFC 5961 §3.2).
+    for seq in [c(4), c(1000), c(2003), c(2)] {
+        assert!(h.feed(12, &Seg::client(id, seq).rst()).is_empty());
+    }
+    assert_eq!(state(&h, id), TcpState::Established);
+    assert_eq!(h.tracker.stats().closed, 0);
+    // After the client's FIN, RCV.NXT - 1 resets too (`tcp_reset_check()`), while it is not
+    // yet before RCV.WUP (the server has not acknowledged the FIN).
+    h.feed(13, &Seg::client(id, c(3)).ack(s(0)).fin());
+    assert_eq!(
+        h.feed(15, &Seg::client(id, c(3)).rst()),
+        vec![EventKind::Closed(CloseHow::Reset(Side::Client))]
+    );
+}
+
+#[test]
+fn client_rst_at_the_end_of_the_highest_sack_block_resets() {
+    let mut h = Harness::new(config());
+    let id = id4();
+    assert!(
+        h.feed(0, &Seg::client(id, CISN).syn().win(1000).sack_ok())
+            .is_empty()
+    );
+    h.feed(
+        1,
+        &Seg::server(id, SISN)
+            .syn()
+            .ack(CISN + 1)
+            .win(2000)
+            .sack_ok(),
+    );
+    h.feed(2, &Seg::client(id, c(0)).ack(s(0)));
+    h.feed(10, &Seg::client(id, c(0)).ack(s(0)).data(b"abc"));
+    // 5..8 buffered out of order: the server's highest SACK block ends at 8.
+    h.feed(11, &Seg::client(id, c(5)).ack(s(0)).data(b"fgh"));
+    assert!(h.feed(12, &Seg::client(id, c(7)).rst()).is_empty());
+    assert_eq!(state(&h, id), TcpState::Established);
+    assert_eq!(
+        h.feed(13, &Seg::client(id, c(8)).rst()),
+        vec![EventKind::Closed(CloseHow::Reset(Side::Client))]
     );
 }
 
@@ -989,6 +1186,71 @@ fn table_full_tracks_no_more_until_a_closed_connection_is_evicted() {
             .on_segment(Instant::from_millis(13), &foreign.repr(), &mut out),
         FrameDisposition::Foreign
     );
+}
+
+#[test]
+fn syn_flood_evicts_the_oldest_pending_handshake_never_an_open_connection() {
+    let mut cfg = config();
+    cfg.max_connections = 3;
+    let mut h = Harness::new(cfg);
+    let a = id4();
+    plain_handshake(&mut h, a);
+    let mut out = Vec::new();
+    let mut syn = |h: &mut Harness, ms: u64, port: u16| {
+        h.tracker.on_segment(
+            Instant::from_millis(ms),
+            &Seg::client(other_client(port), 7_000 + u32::from(port))
+                .syn()
+                .repr(),
+            &mut out,
+        )
+    };
+    assert_eq!(syn(&mut h, 10, 1), FrameDisposition::Tracked);
+    assert_eq!(syn(&mut h, 11, 2), FrameDisposition::Tracked);
+    assert_eq!(h.tracker.len(), 3);
+    // Full: each new SYN pushes out the oldest pending one.
+    for port in 3..=40 {
+        assert_eq!(
+            syn(&mut h, 10 + u64::from(port), port),
+            FrameDisposition::Tracked
+        );
+        assert_eq!(h.tracker.len(), 3);
+    }
+    assert_eq!(h.tracker.pending_handshakes(), 2);
+    let stats = h.tracker.stats();
+    assert_eq!((stats.evicted_handshakes, stats.evicted), (38, 38));
+    assert_eq!(stats.untracked_table_full, 0);
+    assert!(
+        h.tracker.snapshot(&a).is_some(),
+        "the open connection stays"
+    );
+    // The two newest SYNs survived: their SYN-ACKs open them.
+    for port in [39u16, 40] {
+        let b = other_client(port);
+        let opened = h.feed(
+            60,
+            &Seg::server(b, SISN)
+                .syn()
+                .ack(7_001 + u32::from(port))
+                .win(2000),
+        );
+        assert!(matches!(opened.as_slice(), [EventKind::Opened(_)]));
+    }
+    // A table full of open connections refuses new ones.
+    assert_eq!(syn(&mut h, 61, 41), FrameDisposition::Ignored);
+    assert_eq!(h.tracker.stats().untracked_table_full, 1);
+    // A closed connection goes before any pending handshake.
+    h.feed(62, &Seg::server(a, s(0)).rst());
+    assert_eq!(syn(&mut h, 63, 42), FrameDisposition::Tracked);
+    assert!(h.tracker.snapshot(&a).is_none());
+    assert_eq!(h.tracker.stats().evicted_handshakes, 38);
+    assert_eq!(syn(&mut h, 64, 43), FrameDisposition::Tracked);
+    assert_eq!(h.tracker.stats().evicted_handshakes, 39);
+    assert_eq!(h.tracker.pending_handshakes(), 1);
+    // The survivor is the newest SYN: its SYN-ACK opens it.
+    let newest = other_client(43);
+    let opened = h.feed(70, &Seg::server(newest, SISN).syn().ack(7_044).win(2000));
+    assert!(matches!(opened.as_slice(), [EventKind::Opened(_)]));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! sessions) through a cloneable, thread-safe handle.
 
 use crate::wire::Payload;
+use cttm_core::ConnectionEvent;
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::message::MessageV1;
 use cttm_core::record::Applied;
@@ -12,6 +13,9 @@ use cttm_core::{Replica, ReplicaConfig, ReplicationMessage, Side};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
 
 /// What applying one sequenced message did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,12 +54,82 @@ pub struct StoreStats {
     pub rejected: u64,
 }
 
+/// What a subscriber learns about the store's connections ([`ReplicaStore::subscribe`]), in
+/// the order the changes were applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// An event was applied to its connection's record and changed it.
+    Event(ConnectionEvent),
+    /// A whole record replaced the connection's (a resynchronisation): read it from the
+    /// store ([`ReplicaStore::client_bytes`], [`ReplicaStore::server_bytes`],
+    /// [`ReplicaStore::with_replica`]).
+    Record(ConnectionId),
+    /// The connection was dropped from the store (forgotten by the primary, or not retained
+    /// by a full resynchronisation).
+    Forgotten(ConnectionId),
+}
+
+/// A subscription to the store's changes: a bounded queue filled by the replication thread,
+/// which never waits for a slow subscriber. Changes that do not fit are dropped and counted
+/// ([`lagged`](Self::lagged)); a subscriber that lagged has lost track of every connection.
+#[derive(Debug)]
+pub struct StoreSubscription {
+    receiver: Receiver<StoreEvent>,
+    lagged: Arc<AtomicU64>,
+}
+
+impl StoreSubscription {
+    /// The next change, waiting at most `timeout`; `None` when nothing came.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<StoreEvent> {
+        self.receiver.recv_timeout(timeout).ok()
+    }
+
+    /// The next change already queued, without waiting.
+    pub fn try_recv(&self) -> Option<StoreEvent> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// How many changes were dropped because the queue was full (0 while the subscriber
+    /// keeps up).
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
+    }
+}
+
+/// The sending half of one subscription.
+#[derive(Debug)]
+struct Subscriber {
+    sender: SyncSender<StoreEvent>,
+    lagged: Arc<AtomicU64>,
+}
+
 #[derive(Debug)]
 struct StoreInner {
     replica: Replica,
     applied_seq: u64,
     consumed_dirty: BTreeSet<ConnectionId>,
     stats: StoreStats,
+    subscribers: Vec<Subscriber>,
+}
+
+impl StoreInner {
+    /// Hands `event` to every subscriber without waiting; a full queue counts a lag, a
+    /// dropped subscription is removed.
+    fn publish(&mut self, event: impl FnOnce() -> StoreEvent) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let event = event();
+        self.subscribers
+            .retain(|s| match s.sender.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.lagged.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
+    }
 }
 
 /// The backup's replica, shared. Cloning gives another handle to the same store.
@@ -73,6 +147,7 @@ impl ReplicaStore {
                 applied_seq: 0,
                 consumed_dirty: BTreeSet::new(),
                 stats: StoreStats::default(),
+                subscribers: Vec::new(),
             })),
         }
     }
@@ -92,9 +167,24 @@ impl ReplicaStore {
             };
         }
         inner.applied_seq = seq;
+        let forgotten = match payload {
+            Payload::Retain(keep) if !inner.subscribers.is_empty() => {
+                let keep: BTreeSet<_> = keep.iter().copied().collect();
+                inner
+                    .replica
+                    .records()
+                    .map(|r| r.id())
+                    .filter(|id| !keep.contains(id))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         match apply_payload(&mut inner.replica, payload) {
             Ok(a) => {
                 inner.stats.applied += 1;
+                if a == Applied::Changed {
+                    publish_applied(&mut inner, payload, forgotten);
+                }
                 SequencedOutcome::Applied(a)
             }
             Err(error) => {
@@ -105,6 +195,19 @@ impl ReplicaStore {
                 }
             }
         }
+    }
+
+    /// Subscribes to the store's changes from now on: every applied change, through a queue
+    /// of at most `capacity` changes (see [`StoreSubscription`]). Dropping the subscription
+    /// ends it.
+    pub fn subscribe(&self, capacity: usize) -> StoreSubscription {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(capacity.max(1));
+        let lagged = Arc::new(AtomicU64::new(0));
+        self.inner.write().subscribers.push(Subscriber {
+            sender,
+            lagged: lagged.clone(),
+        });
+        StoreSubscription { receiver, lagged }
     }
 
     /// The highest sequence number applied (every one below it is applied too).
@@ -195,6 +298,24 @@ impl ReplicaStore {
     /// Runs `f` with read access to the replica.
     pub fn with_replica<T>(&self, f: impl FnOnce(&Replica) -> T) -> T {
         f(&self.inner.read().replica)
+    }
+}
+
+/// Tells the subscribers what an applied payload changed (`forgotten`: the connections a
+/// `Retain` dropped).
+fn publish_applied(inner: &mut StoreInner, payload: &Payload, forgotten: Vec<ConnectionId>) {
+    match payload {
+        Payload::Message(ReplicationMessage::V1(m)) => match m {
+            MessageV1::Event(e) => inner.publish(|| StoreEvent::Event(e.clone())),
+            MessageV1::Record(r) => inner.publish(|| StoreEvent::Record(r.id())),
+            MessageV1::Forget(id) => inner.publish(|| StoreEvent::Forgotten(*id)),
+            MessageV1::Heartbeat { .. } => {}
+        },
+        Payload::Retain(_) => {
+            for id in forgotten {
+                inner.publish(|| StoreEvent::Forgotten(id));
+            }
+        }
     }
 }
 
@@ -342,5 +463,54 @@ mod tests {
         assert_eq!(store.client_bytes(&id()), Some((4, b"ef".to_vec())));
         store.apply_sequenced(4, &Payload::Retain(vec![]));
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn subscribers_learn_every_change_in_order_and_a_full_queue_counts_a_lag() {
+        let store = ReplicaStore::new(ReplicaConfig::default());
+        let sub = store.subscribe(16);
+        let small = store.subscribe(1);
+        store.apply_sequenced(1, &opened());
+        let data = ev(EventKind::ClientData {
+            offset: 0,
+            bytes: b"abc".to_vec(),
+        });
+        store.apply_sequenced(2, &data);
+        // A duplicate changes nothing and is not published.
+        store.apply_sequenced(3, &data);
+        let record = store.with_replica(|r| r.record(&id()).unwrap().clone());
+        store.apply_sequenced(
+            4,
+            &Payload::Message(MessageV1::Record(Box::new(record)).into()),
+        );
+        store.apply_sequenced(5, &Payload::Retain(vec![]));
+        let mut got = Vec::new();
+        while let Some(e) = sub.try_recv() {
+            got.push(e);
+        }
+        let Payload::Message(ReplicationMessage::V1(MessageV1::Event(first))) = opened() else {
+            unreachable!()
+        };
+        let Payload::Message(ReplicationMessage::V1(MessageV1::Event(second))) = data else {
+            unreachable!()
+        };
+        assert_eq!(
+            got,
+            vec![
+                StoreEvent::Event(first.clone()),
+                StoreEvent::Event(second),
+                StoreEvent::Record(id()),
+                StoreEvent::Forgotten(id()),
+            ]
+        );
+        assert_eq!(sub.lagged(), 0);
+        assert_eq!(small.try_recv(), Some(StoreEvent::Event(first)));
+        assert_eq!(small.try_recv(), None);
+        assert_eq!(small.lagged(), 3);
+        // A dropped subscription is removed at the next change.
+        drop(small);
+        store.apply_sequenced(6, &opened());
+        assert_eq!(store.inner.read().subscribers.len(), 1);
+        assert!(sub.recv_timeout(Duration::from_millis(10)).is_some());
     }
 }

@@ -41,8 +41,13 @@ pub mod migrate;
 ///   effect.
 /// - The server's timestamp clock continues from the snapshot's ([`plan_server_tsval`]): a
 ///   clock that would run backwards is refused or corrected as [`RestoreOptions::clock`] says.
-/// - The service address need not be local yet for an established connection (the backend
-///   binds with "free bind"); it must be local before the client's next segment arrives.
+/// - The service address must be local before the restore: claim it first
+///   ([`AddressTakeover::claim`]) and announce it after. A restored socket sends at once
+///   (window probe, replayed FIN) from that address, and free bind
+///   ([`RestoreOptions::free_bind`]) does not lift the need on Linux (checked on 6.18: an
+///   IPv4 repair-mode connect fails with ENETUNREACH, the output route lookup refusing a
+///   non-local source). Backends refuse with [`RestoreError::AddressNotLocal`] before
+///   anything is sent.
 pub trait RestoreBackend {
     /// The owned, live endpoint a restore produces.
     type Endpoint;
@@ -59,7 +64,7 @@ pub trait RestoreBackend {
 ///
 /// Contract: `claim` makes `addr` local (so restored sockets receive its traffic) and is
 /// idempotent (claiming an address already held succeeds); `release` removes it and is
-/// idempotent too; `announce` tells the neighbours (gratuitous ARP, RFC 5227 §2.3, or an
+/// idempotent too; `announce` tells the neighbours (an ARP announcement, RFC 5227 §2.3, or an
 /// unsolicited neighbour advertisement, RFC 4861 §7.2.6) that the address now lives here.
 pub trait AddressTakeover {
     /// Adds `addr/prefix_len` to this host.
@@ -152,7 +157,10 @@ pub struct RestoreOptions {
     pub now: Instant,
     /// What to do when `now` is before the snapshot's clock observation.
     pub clock: ClockPolicy,
-    /// Bind with `IP_FREEBIND`/`IPV6_FREEBIND`, so the service address need not be local yet.
+    /// Bind with `IP_FREEBIND`/`IPV6_FREEBIND` (as CRIU does), so the bind itself accepts
+    /// an address that is not local. It does not make restoring before the address is
+    /// claimed work: the restore is refused with [`RestoreError::AddressNotLocal`] all the
+    /// same (see [`RestoreBackend`]); claim the address first.
     pub free_bind: bool,
 }
 
@@ -219,6 +227,23 @@ pub enum RestoreError {
         "this kernel has no TCP_REPAIR (ENOPROTOOPT): use Linux 3.5 or later built with CONFIG_CHECKPOINT_RESTORE"
     )]
     RepairUnsupported,
+    /// The service address is not local on this host: bind refused it (EADDRNOTAVAIL without
+    /// free bind); or, with free bind, the repair-mode connect found no route from it
+    /// (IPv4, ENETUNREACH: the kernel's output route lookup refuses a non-local source); or
+    /// the check before the restored socket sends anything found it missing (IPv6, whose
+    /// connect succeeds with free bind). Nothing was sent.
+    #[error(
+        "service address {address} of {id} is not local on this host (refused at {step}): claim the address \
+         (AddressTakeover::claim, or `ip addr add`) before restoring its connections"
+    )]
+    AddressNotLocal {
+        /// The connection.
+        id: cttm_core::ConnectionId,
+        /// The service address.
+        address: IpAddr,
+        /// `bind`, `connect` or `local address check`.
+        step: &'static str,
+    },
     /// The 4-tuple is already in use on this host (EADDRINUSE at bind, EADDRNOTAVAIL at connect).
     #[error(
         "{id} is already in use on this host (refused at {step}): close the stale socket or restore on another host"

@@ -657,9 +657,9 @@ pub struct IncomingMigration {
     /// This side's timings.
     pub report: DestinationReport,
     /// Listening sockets on the service's address and ports (one per distinct server socket
-    /// of the connections), bound before the restores: accept new clients on them, or drop
-    /// them. Binding a new listener there later fails while restored sockets hold the port.
-    /// Empty for a port the application already listened on here.
+    /// of the connections), bound after the restores and before the announcement: accept new
+    /// clients on them, or drop them (binding a listener there later works as well). Empty
+    /// for a port the application already listened on here.
     pub listeners: Vec<std::net::TcpListener>,
 }
 
@@ -756,23 +756,6 @@ fn receive_migration<T: AddressTakeover + ?Sized, C: SnapshotChannel + ?Sized>(
         now: monotonic_now(),
         ..options
     };
-    // Observed on Linux 6.18: once restored sockets hold the service port, a new listener
-    // cannot bind it (EADDRINUSE: a restored socket, out of repair mode, no longer allows
-    // reuse). So bind one listener per distinct service socket *before* restoring (the
-    // restores, in repair mode, may share the port with it) and hand them to the application
-    // to accept new clients ([`IncomingMigration::listeners`]). The address is not announced
-    // yet, so no new client reaches them before the restores are done; if the service already
-    // listens there, binding fails harmlessly.
-    let anchors: Vec<std::net::TcpListener> = {
-        let mut servers: Vec<std::net::SocketAddr> =
-            offered.iter().map(|(s, _)| s.id.server).collect();
-        servers.sort_unstable();
-        servers.dedup();
-        servers
-            .into_iter()
-            .filter_map(|server| std::net::TcpListener::bind(server).ok())
-            .collect()
-    };
     let mut restored = Vec::with_capacity(offered.len());
     for (snapshot, application_state) in offered {
         match restore_connection(&snapshot, &options) {
@@ -800,6 +783,21 @@ fn receive_migration<T: AddressTakeover + ?Sized, C: SnapshotChannel + ?Sized>(
     report.restore = restoring.elapsed();
     report.restored = u32::try_from(restored.len()).unwrap_or(u32::MAX);
 
+    // One listener per distinct service socket, for the application to accept new clients
+    // ([`IncomingMigration::listeners`]); bound before the announcement, so they are ready when
+    // the first new client arrives. Restored sockets allow port reuse like accepted ones, so
+    // this works next to them; if the service already listens there, binding fails harmlessly.
+    let listeners: Vec<std::net::TcpListener> = {
+        let mut servers: Vec<std::net::SocketAddr> =
+            restored.iter().map(|c| c.connection.id().server).collect();
+        servers.sort_unstable();
+        servers.dedup();
+        servers
+            .into_iter()
+            .filter_map(|server| std::net::TcpListener::bind(server).ok())
+            .collect()
+    };
+
     let announcing = std::time::Instant::now();
     if let Err(e) = takeover.announce(service.address) {
         report.announce_error = Some(e.to_string());
@@ -818,7 +816,7 @@ fn receive_migration<T: AddressTakeover + ?Sized, C: SnapshotChannel + ?Sized>(
         service,
         connections: restored,
         report,
-        listeners: anchors,
+        listeners,
     })
 }
 

@@ -69,6 +69,11 @@ pub struct FaultConfig {
     pub fin: f64,
     /// One side resets the connection at a random point.
     pub reset: f64,
+    /// At a step, a forged client segment (blind spoofing, RFC 5961) reaches the server: data
+    /// beyond its receive window, or data at RCV.NXT acknowledging server bytes never sent.
+    /// Linux drops both (`tcp_sequence()`, `tcp_ack()`); the capture sees them. Zero by
+    /// default, so default captures (the benchmark's) stay as they were.
+    pub forged: f64,
 }
 
 impl Default for FaultConfig {
@@ -83,6 +88,7 @@ impl Default for FaultConfig {
             zero_window: 0.1,
             fin: 0.6,
             reset: 0.1,
+            forged: 0.0,
         }
     }
 }
@@ -172,6 +178,8 @@ pub struct FaultCounts {
     pub sack_blocks: u64,
     /// Challenge ACKs the server sent for a client RST not at RCV.NXT (RFC 5961 §3.2).
     pub challenge_acks: u64,
+    /// Forged client segments the server dropped (see [`FaultConfig::forged`]).
+    pub forged_segments: u64,
 }
 
 impl FaultCounts {
@@ -208,7 +216,8 @@ impl FaultCounts {
             graceful_closes,
             unacceptable_segments,
             sack_blocks,
-            challenge_acks
+            challenge_acks,
+            forged_segments
         );
     }
 
@@ -243,6 +252,7 @@ impl FaultCounts {
             ("unacceptable_segments", self.unacceptable_segments),
             ("sack_blocks", self.sack_blocks),
             ("challenge_acks", self.challenge_acks),
+            ("forged_segments", self.forged_segments),
         ]
     }
 }
@@ -407,6 +417,7 @@ pub fn conversation_strategy(
             0.0..=1.0f64,
             0.0..=1.0f64,
             0.0..=0.5f64,
+            probability.clone(),
         ),
         any::<u64>(),
     )
@@ -416,7 +427,7 @@ pub fn conversation_strategy(
                 target_frames,
                 ipv6_share,
                 (cl, sl, ro, du),
-                (syn, synack, zw, fin, rst),
+                (syn, synack, zw, fin, rst, forged),
                 seed,
             )| {
                 ConversationCase {
@@ -434,6 +445,7 @@ pub fn conversation_strategy(
                             zero_window: zw,
                             fin,
                             reset: rst,
+                            forged,
                         },
                     },
                     seed,
@@ -523,6 +535,9 @@ enum Received {
     Accepted { ack_now: bool },
     /// Not acceptable (RFC 9293 §3.10.7.4, Linux `tcp_sequence`): answer with a duplicate ACK.
     Unacceptable,
+    /// It acknowledges bytes never sent: dropped whole, data included (RFC 9293 §3.10.7.4,
+    /// Linux `tcp_ack()` `SKB_DROP_REASON_TCP_ACK_UNSENT_DATA`).
+    AckOfUnsentData,
 }
 
 #[derive(Clone, Debug)]
@@ -718,6 +733,10 @@ impl Endpoint {
         let right_edge = (self.rcv_wup + u64::from(self.rcv_wnd)).max(self.rcv_nxt) as i64;
         if self.established && (end < self.rcv_wup as i64 || seq_offset > right_edge) {
             return Received::Unacceptable;
+        }
+        let ack_offset = i64::from(seg.ack.wrapping_sub(self.isn.wrapping_add(1)) as i32);
+        if self.syn_acked_by_peer && seg.flags.ack() && ack_offset > self.snd_nxt as i64 {
+            return Received::AckOfUnsentData;
         }
         if let Some(ts) = seg.options.timestamps
             && self.timestamps
@@ -1345,6 +1364,14 @@ impl Simulation {
         } else if quiet && self.syn_ack_sent {
             choices.push((1, Action::ServerRetransmitSynAck));
         }
+        // (No draw at all when forging is off, so that default captures stay the same.)
+        if self.faults_config.forged > 0.0
+            && self.client_established
+            && self.server.established
+            && self.rng.chance(self.faults_config.forged)
+        {
+            choices.push((2, Action::ClientForged));
+        }
         if choices.is_empty() {
             // Quiet: an application that has not closed writes more (a new request or
             // response), so conversations fill their frame budget.
@@ -1423,6 +1450,10 @@ impl Simulation {
                 if let Some(update) = app_read(&mut self.server, &mut self.rng, self.now) {
                     self.server_send(update);
                 }
+            }
+            Action::ClientForged => {
+                self.tick(300);
+                self.forge_client_segment();
             }
             Action::ServerRetransmitSynAck => {
                 self.now = self.now + std::time::Duration::from_secs(1);
@@ -1562,6 +1593,7 @@ impl Simulation {
                 let ack = self.server.ack(self.now);
                 self.server_send(ack);
             }
+            Received::AckOfUnsentData => {}
             Received::Accepted { ack_now } => {
                 if let Some(ts) = seg.tsval()
                     && self.server.timestamps
@@ -1585,6 +1617,49 @@ impl Simulation {
                     self.faults.graceful_closes += 1;
                 }
             }
+        }
+    }
+
+    /// A blind attacker's client segment, captured and then dropped by the server: garbage
+    /// beyond the receive window (answered with a duplicate ACK), or garbage at RCV.NXT with
+    /// an acknowledgement of server bytes never sent (dropped silently).
+    fn forge_client_segment(&mut self) {
+        let s = &self.server;
+        let beyond_window = self.rng.chance(0.5);
+        let (offset, ack) = if beyond_window {
+            let edge = s.offered_edge().max(s.rcv_nxt);
+            (edge + 1 + self.rng.below(3000), self.client.rcv_seq())
+        } else {
+            let unsent = 1 + self.rng.below(3000) as u32;
+            (s.rcv_nxt, s.seq_of(s.snd_nxt).wrapping_add(unsent))
+        };
+        let seq = s
+            .rcv_seq()
+            .wrapping_add(offset.wrapping_sub(s.rcv_nxt) as u32);
+        let len = 1 + self.rng.below(200) as usize;
+        let mut flags = TcpFlags::ACK.with(TcpFlags::PSH);
+        if self.rng.chance(0.3) {
+            flags = flags.with(TcpFlags::FIN);
+        }
+        let seg = Segment {
+            seq,
+            ack,
+            flags,
+            window: self.rng.below(65_536) as u16,
+            options: self.client.data_options(self.now),
+            payload: vec![0xEE; len],
+        };
+        self.capture(Side::Client, &seg);
+        self.faults.forged_segments += 1;
+        match self.server.receive(&seg) {
+            Received::Unacceptable => {
+                self.faults.unacceptable_segments += 1;
+                self.tick(50);
+                let ack = self.server.ack(self.now);
+                self.server_send(ack);
+            }
+            Received::AckOfUnsentData => {}
+            Received::Accepted { .. } => unreachable!("the server accepted a forged segment"),
         }
     }
 
@@ -1673,6 +1748,7 @@ impl Simulation {
         self.resume_after_probe(Side::Client, &seg);
         let answer = match self.client.receive(&seg) {
             Received::Unacceptable => true,
+            Received::AckOfUnsentData => false,
             Received::Accepted { ack_now } => ack_now,
         };
         if answer {
@@ -1810,4 +1886,5 @@ enum Action {
     ClientRead,
     ServerRead,
     ServerRetransmitSynAck,
+    ClientForged,
 }

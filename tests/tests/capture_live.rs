@@ -18,6 +18,7 @@ use cttm_core::{
     ConnectionEvent, ConnectionId, EventKind, LinkType, ServiceEndpoint, ServiceSet, TcpState,
     Tracker, TrackerConfig,
 };
+use cttm_restore::repair::{TcpInfoSummary, socket_tcp_info};
 use cttm_tests::lab::{Lab, Netns, kernel_tests_enabled};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -191,65 +192,11 @@ fn exchange(
     }
 }
 
-/// The server socket's own view (`TCP_INFO`, `struct tcp_info` of include/uapi/linux/tcp.h).
-#[derive(Debug, Default)]
-struct SocketView {
-    bytes_received: u64,
-    bytes_acked: u64,
-    snd_mss: u32,
-    wscale: Option<(u8, u8)>,
-    timestamps: bool,
-    sack: bool,
-    unacked: u32,
-}
-
-/// `TCPI_OPT_*` (include/uapi/linux/tcp.h).
-const TCPI_OPT_TIMESTAMPS: u8 = 1;
-const TCPI_OPT_SACK: u8 = 2;
-const TCPI_OPT_WSCALE: u8 = 4;
-
-fn socket_view(socket: &TcpStream) -> SocketView {
-    use std::os::fd::AsRawFd;
-    // SAFETY: all-zero is a valid `tcp_info` (plain integers).
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most `len` bytes of
-    // the struct and updates `len`; the descriptor is a live TCP socket.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "getsockopt(TCP_INFO): {}",
-        std::io::Error::last_os_error()
-    );
-    SocketView {
-        bytes_received: info.tcpi_bytes_received,
-        bytes_acked: info.tcpi_bytes_acked,
-        snd_mss: info.tcpi_snd_mss,
-        // snd_wscale is the low nibble, rcv_wscale the high one (bitfield order, little endian)
-        wscale: (info.tcpi_options & TCPI_OPT_WSCALE != 0).then_some((
-            info.tcpi_snd_rcv_wscale & 0x0f,
-            info.tcpi_snd_rcv_wscale >> 4,
-        )),
-        timestamps: info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0,
-        sack: info.tcpi_options & TCPI_OPT_SACK != 0,
-        unacked: info.tcpi_unacked,
-    }
-}
-
 /// Waits (bounded) until the server has nothing unacknowledged and has received everything.
-fn wait_quiet(socket: &TcpStream, received: u64) -> SocketView {
+fn wait_quiet(socket: &TcpStream, received: u64) -> TcpInfoSummary {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let view = socket_view(socket);
+        let view = socket_tcp_info(socket).expect("getsockopt(TCP_INFO)");
         if (view.unacked == 0 && view.bytes_received == received) || Instant::now() > deadline {
             return view;
         }
@@ -283,7 +230,7 @@ fn stream_of(events: &[ConnectionEvent], id: &ConnectionId, client: bool) -> Vec
     bytes
 }
 
-fn check_against_server(captured: &Captured, ex: &Exchange, view: &SocketView) {
+fn check_against_server(captured: &Captured, ex: &Exchange, view: &TcpInfoSummary) {
     assert_eq!(
         stream_of(&captured.events, &ex.id, true),
         ex.server_read,
@@ -330,8 +277,11 @@ fn check_against_server(captured: &Captured, ex: &Exchange, view: &SocketView) {
     );
     // Options. tcpi_snd_mss is the client's announced MSS less the 12 aligned bytes of the
     // timestamps option (tcp_current_mss).
-    let scale = snap.options.window_scale.map(|w| (w.send, w.receive));
-    assert_eq!(scale, view.wscale, "{}: window scales", ex.id);
+    assert_eq!(
+        snap.options.window_scale, view.window_scale,
+        "{}: window scales",
+        ex.id
+    );
     assert_eq!(
         snap.options.timestamps, view.timestamps,
         "{}: timestamps",
@@ -449,7 +399,12 @@ fn af_packet_on_loopback_sees_each_segment_once() {
     };
     let ex = exchange(&server, &server, service, 20_000, 30_000);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while socket_view(&ex.server_socket).unacked != 0 && Instant::now() < deadline {
+    while socket_tcp_info(&ex.server_socket)
+        .expect("getsockopt(TCP_INFO)")
+        .unacked
+        != 0
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Release);

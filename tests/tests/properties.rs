@@ -279,6 +279,7 @@ fn every_fault_kind_occurs_in_generated_captures() {
             zero_window: 0.3,
             fin: 0.7,
             reset: 0.3,
+            forged: 0.1,
         },
     };
     let mut total = FaultCounts::default();

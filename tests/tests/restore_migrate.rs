@@ -8,13 +8,15 @@
 //! client, which the server verifies and echoes back, and the client verifies the echo. A
 //! lost, duplicated or reordered byte in either direction breaks one of the two checks.
 
+use cttm_core::ConnectionId;
+use cttm_core::snapshot::NegotiatedOptions;
 use cttm_restore::RestoreOptions;
 use cttm_restore::migrate::{
-    IncomingMigration, MemoryChannel, MigrateError, MigrationFailure, MigrationReport,
-    OutgoingConnection, RecoveredConnections, ServiceAddress, SnapshotChannel, TcpChannel,
-    migrate_in, migrate_in_for, migrate_out,
+    ChannelError, IncomingMigration, MemoryChannel, MigrateError, MigrationFailure,
+    MigrationMessage, MigrationReport, OutgoingConnection, RecoveredConnections, ServiceAddress,
+    SnapshotChannel, TcpChannel, migrate_in, migrate_in_for, migrate_out,
 };
-use cttm_restore::repair::monotonic_now;
+use cttm_restore::repair::{monotonic_now, socket_tcp_info};
 use cttm_restore::takeover::{AnnounceConfig, NetlinkTakeover};
 use cttm_tests::lab::{Lab, Netns, kernel_tests_enabled};
 use std::collections::HashMap;
@@ -294,6 +296,8 @@ enum Transport {
 
 struct Scenario {
     tag: &'static str,
+    /// Per-namespace sysctls (`name=value`) set on the client and on both hosts.
+    sysctls: &'static [&'static str],
     ipv6: bool,
     connections: u32,
     plan: ClientPlan,
@@ -319,6 +323,27 @@ enum Ready {
 struct Outcome {
     report: MigrationReport,
     per_connection: Vec<(u64, u64)>,
+    /// The options of every snapshot A sent (empty when B refused).
+    snapshot_options: Vec<NegotiatedOptions>,
+}
+
+/// A's end of the channel, noting the options of every snapshot it carries.
+struct RecordingChannel {
+    inner: Box<dyn SnapshotChannel + Send>,
+    snapshots: Vec<(ConnectionId, NegotiatedOptions)>,
+}
+
+impl SnapshotChannel for RecordingChannel {
+    fn send(&mut self, message: MigrationMessage) -> Result<(), ChannelError> {
+        if let MigrationMessage::Connection { snapshot, .. } = &message {
+            self.snapshots.push((snapshot.id, snapshot.options));
+        }
+        self.inner.send(message)
+    }
+
+    fn receive(&mut self) -> Result<MigrationMessage, ChannelError> {
+        self.inner.receive()
+    }
 }
 
 fn run_scenario(s: Scenario) -> Outcome {
@@ -360,6 +385,11 @@ fn run_scenario(s: Scenario) -> Outcome {
     }
     host_a.ip(&add_vip).expect("service address on a");
     let host_b = lab.add_host("b", &[b_ip]).expect("host b");
+    for ns in [&client, &host_a, &host_b] {
+        for sysctl in s.sysctls {
+            ns.exec("sysctl", &["-q", "-w", sysctl]).expect("sysctl");
+        }
+    }
     let vip: IpAddr = vip.parse().expect("vip");
     let service_socket = SocketAddr::new(vip, 9000);
 
@@ -489,7 +519,11 @@ fn run_scenario(s: Scenario) -> Outcome {
             }
         })
         .collect();
-    let (mut channel_a, destination) = connect_channels(s.transport, &host_a, &host_b, s.ipv6);
+    let (channel_a, destination) = connect_channels(s.transport, &host_a, &host_b, s.ipv6);
+    let mut channel_a = RecordingChannel {
+        inner: channel_a,
+        snapshots: Vec::new(),
+    };
     let refuse_for = s.refused_by_destination.then(|| ServiceAddress {
         address: if s.ipv6 {
             "2001:db8::99".parse().expect("ip")
@@ -510,7 +544,11 @@ fn run_scenario(s: Scenario) -> Outcome {
             }
         })
         .expect("spawn in b");
-    let source_result = migrate_out(outgoing, service, &mut takeover_a, &mut *channel_a);
+    let source_result = migrate_out(outgoing, service, &mut takeover_a, &mut channel_a);
+    let sent_snapshots: HashMap<ConnectionId, NegotiatedOptions> =
+        std::mem::take(&mut channel_a.snapshots)
+            .into_iter()
+            .collect();
     drop(channel_a);
     let destination_result = receiver.join().expect("receiver thread");
     if refuse_for.is_some() {
@@ -531,8 +569,18 @@ fn run_scenario(s: Scenario) -> Outcome {
     let IncomingMigration {
         connections,
         report: destination_report,
+        listeners,
         ..
     } = destination_result.unwrap_or_else(|e| panic!("migrate_in failed: {e}"));
+    // B listens on the service port next to the restored sockets (bound after the restores).
+    assert_eq!(
+        listeners
+            .iter()
+            .map(|l| l.local_addr().expect("listener address"))
+            .collect::<Vec<_>>(),
+        vec![service_socket],
+        "B's listener for new clients"
+    );
     assert_eq!(report.connections, n);
     assert_eq!(destination_report.restored as usize, n);
     assert_eq!(report.destination, destination_report);
@@ -563,6 +611,24 @@ fn run_scenario(s: Scenario) -> Outcome {
         on_b_addrs.contains(&vip_cidr),
         "B claimed {vip_cidr}: {on_b_addrs}"
     );
+
+    // Each restored socket runs with its snapshot's options (TCP_INFO on B).
+    assert_eq!(
+        sent_snapshots.len(),
+        n,
+        "A sent one snapshot per connection"
+    );
+    for incoming in &connections {
+        let id = incoming.connection.id();
+        let options = sent_snapshots[&id];
+        let info = socket_tcp_info(incoming.connection.stream()).expect("TCP_INFO on B");
+        assert_eq!(
+            (info.timestamps, info.sack, info.window_scale),
+            (options.timestamps, options.sack, options.window_scale),
+            "{id}: restored options"
+        );
+    }
+    let snapshot_options = sent_snapshots.values().copied().collect();
 
     // B carries on serving; the client is let loose.
     let server_conns_b: Vec<ServerConn> = connections
@@ -617,6 +683,7 @@ fn run_scenario(s: Scenario) -> Outcome {
     Outcome {
         report,
         per_connection,
+        snapshot_options,
     }
 }
 
@@ -679,6 +746,7 @@ fn connections_move_mid_stream_from_a_to_b_without_the_client_noticing() {
     }
     let outcome = run_scenario(Scenario {
         tag: "mig4",
+        sysctls: &[],
         ipv6: false,
         connections: 4,
         plan: ClientPlan {
@@ -701,6 +769,7 @@ fn full_buffers_both_ways_move_intact() {
     }
     let outcome = run_scenario(Scenario {
         tag: "migfull",
+        sysctls: &[],
         ipv6: false,
         connections: 2,
         // The client reads the first 4 MB normally (so receive buffers grow), then stops
@@ -736,6 +805,7 @@ fn ipv6_connections_move_over_a_tcp_control_channel() {
     }
     run_scenario(Scenario {
         tag: "mig6",
+        sysctls: &[],
         ipv6: true,
         connections: 4,
         plan: ClientPlan {
@@ -757,6 +827,7 @@ fn a_thousand_connections_move_at_once() {
     }
     let outcome = run_scenario(Scenario {
         tag: "mig1k",
+        sysctls: &[],
         ipv6: false,
         connections: 1000,
         plan: ClientPlan {
@@ -779,6 +850,7 @@ fn a_half_closed_connection_moves_and_finishes_its_echo() {
     }
     let outcome = run_scenario(Scenario {
         tag: "mighalf",
+        sysctls: &[],
         ipv6: false,
         connections: 2,
         // Everything is sent and the client's FIN with it before the move; the echo is held
@@ -877,6 +949,7 @@ fn finish_on_a_after_refusal(
     Outcome {
         report: MigrationReport::default(),
         per_connection,
+        snapshot_options: Vec::new(),
     }
 }
 
@@ -887,6 +960,7 @@ fn a_refused_migration_leaves_the_connections_running_on_a() {
     }
     let outcome = run_scenario(Scenario {
         tag: "migref",
+        sysctls: &[],
         ipv6: false,
         connections: 3,
         plan: ClientPlan {
@@ -917,6 +991,7 @@ fn busy_clients(ipv6: bool) {
     // others. None may meet a connection B does not have yet (that would draw a RST).
     let outcome = run_scenario(Scenario {
         tag: "migbusy",
+        sysctls: &[],
         ipv6,
         connections: 300,
         plan: ClientPlan {
@@ -930,4 +1005,66 @@ fn busy_clients(ipv6: bool) {
         ready: Ready::Received(300 * 64 * 1024),
     });
     assert_eq!(outcome.per_connection.len(), 300);
+}
+
+/// A -> B with one TCP option switched off everywhere (client and both hosts), small
+/// transfers: the snapshots carry the option off, the restored sockets run without it, and
+/// every byte both ways arrives exactly once.
+fn option_off(tag: &'static str, sysctls: &'static [&'static str]) -> Vec<NegotiatedOptions> {
+    let outcome = run_scenario(Scenario {
+        tag,
+        sysctls,
+        ipv6: false,
+        connections: 3,
+        plan: ClientPlan {
+            total: 256 * 1024,
+            write_gate: Some(64 * 1024),
+            read_gate: Some(16 * 1024),
+        },
+        max_pending: 64 * 1024,
+        transport: Transport::Memory,
+        refused_by_destination: false,
+        ready: Ready::Received(3 * 32 * 1024),
+    });
+    assert_eq!(outcome.snapshot_options.len(), 3);
+    outcome.snapshot_options
+}
+
+#[test]
+fn connections_move_with_timestamps_off() {
+    if !kernel_tests_enabled("connections_move_with_timestamps_off") {
+        return;
+    }
+    for options in option_off("migts0", &["net.ipv4.tcp_timestamps=0"]) {
+        assert!(!options.timestamps, "{options:?}");
+        assert!(
+            options.sack && options.window_scale.is_some(),
+            "{options:?}"
+        );
+    }
+}
+
+#[test]
+fn connections_move_with_window_scaling_off() {
+    if !kernel_tests_enabled("connections_move_with_window_scaling_off") {
+        return;
+    }
+    for options in option_off("migws0", &["net.ipv4.tcp_window_scaling=0"]) {
+        assert_eq!(options.window_scale, None, "{options:?}");
+        assert!(options.sack && options.timestamps, "{options:?}");
+    }
+}
+
+#[test]
+fn connections_move_with_sack_off() {
+    if !kernel_tests_enabled("connections_move_with_sack_off") {
+        return;
+    }
+    for options in option_off("migsack0", &["net.ipv4.tcp_sack=0"]) {
+        assert!(!options.sack, "{options:?}");
+        assert!(
+            options.timestamps && options.window_scale.is_some(),
+            "{options:?}"
+        );
+    }
 }

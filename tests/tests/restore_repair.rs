@@ -68,6 +68,25 @@ struct ClientPlan {
     stream: u8,
 }
 
+impl ClientPlan {
+    /// A client of `server` that sends `to_send` bytes (stream 0) and reads from the start.
+    fn sending(server: SocketAddr, to_send: u64) -> Self {
+        ClientPlan {
+            server,
+            to_send,
+            read_delay: Duration::ZERO,
+            write_delay: Duration::ZERO,
+            stream: 0,
+        }
+    }
+}
+
+/// The service's socket address on the server host.
+fn service_addr(v6: bool, port: u16) -> SocketAddr {
+    let ip = if v6 { SERVER_V6 } else { SERVER_V4 };
+    SocketAddr::new(ip.parse().expect("server address"), port)
+}
+
 /// The unmodified client: plain std sockets, a writer and a reader thread.
 fn run_client(plan: ClientPlan) -> ClientReport {
     let deadline = Instant::now() + DEADLINE;
@@ -427,20 +446,11 @@ fn run_scenario(sc: Scenario) -> ConnectionSnapshot {
     if sc.big_buffers {
         big_server_buffers(&client, &server);
     }
-    let addr: SocketAddr = if sc.v6 {
-        format!("[{SERVER_V6}]:7100")
-    } else {
-        format!("{SERVER_V4}:7100")
-    }
-    .parse()
-    .unwrap();
+    let addr = service_addr(sc.v6, 7100);
     let listener = listen(&server, addr);
     let plan = ClientPlan {
-        server: addr,
-        to_send: sc.client_bytes,
         read_delay: sc.client_read_delay,
-        stream: 0,
-        write_delay: Duration::ZERO,
+        ..ClientPlan::sending(addr, sc.client_bytes)
     };
     let client_thread = client.spawn(move || run_client(plan)).expect("client");
     let mut s = accept(&listener);
@@ -488,6 +498,56 @@ fn a_streaming_connection_survives_dump_close_and_restore() {
             && snapshot.options.sack
             && snapshot.options.window_scale.is_some()
     );
+}
+
+/// A restored socket leaves the service port as reusable as an accepted one: the service can
+/// listen on it again (a new listener after a failover, or a restart of the daemon), and a
+/// new client gets through while the restored connection carries on.
+#[test]
+fn a_listener_binds_the_service_port_after_a_restore() {
+    if !kernel_tests_enabled("restore_repair::listener_after_restore") {
+        return;
+    }
+    for (tag, v6) in [("rr-relisten4", false), ("rr-relisten6", true)] {
+        let (_lab, client, server) = lab(tag, &[]);
+        let addr = service_addr(v6, 7111);
+        let listener = listen(&server, addr);
+        let plan = ClientPlan::sending(addr, 1 << 20);
+        let client_thread = client.spawn(move || run_client(plan)).expect("client");
+        let mut s = accept(&listener);
+        // The old listener goes away (as when the daemon restarts, or on a backup that never
+        // listened): only the connection holds the port when it is restored.
+        drop(listener);
+        let mut app = ServerApp::new(1 << 20, 0);
+        app.run_until(&mut s, true, true, |a| a.received >= 256 << 10);
+        let (_, mut s) = move_socket(&server, s);
+        let relisten = server
+            .run(move || TcpListener::bind(addr))
+            .expect("in server")
+            .unwrap_or_else(|e| panic!("{tag}: a listener on {addr} after the restore: {e}"));
+        let newcomer = client
+            .spawn(move || -> io::Result<Vec<u8>> {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut greeting = vec![0u8; 5];
+                c.read_exact(&mut greeting)?;
+                Ok(greeting)
+            })
+            .expect("second client");
+        let mut fresh = accept(&relisten);
+        fresh.set_nonblocking(false).expect("blocking");
+        fresh.write_all(b"hello").expect("greet the new client");
+        assert_eq!(
+            newcomer
+                .join()
+                .expect("second client thread")
+                .expect("second client"),
+            b"hello"
+        );
+        app.run_until(&mut s, true, true, ServerApp::finished);
+        let report = client_thread.join().expect("client thread");
+        assert_client(&report, &app, 1 << 20);
+    }
 }
 
 #[test]
@@ -597,22 +657,10 @@ fn client_half_closed_before_the_dump() {
     for (tag, v6) in [("rr-chc4", false), ("rr-chc6", true)] {
         let (_lab, client, server) = lab(tag, &[]);
         big_server_buffers(&client, &server);
-        let addr: SocketAddr = if v6 {
-            format!("[{SERVER_V6}]:7101")
-        } else {
-            format!("{SERVER_V4}:7101")
-        }
-        .parse()
-        .unwrap();
+        let addr = service_addr(v6, 7101);
         let listener = listen(&server, addr);
         let client_bytes = 300_000;
-        let plan = ClientPlan {
-            server: addr,
-            to_send: client_bytes,
-            read_delay: Duration::ZERO,
-            stream: 0,
-            write_delay: Duration::ZERO,
-        };
+        let plan = ClientPlan::sending(addr, client_bytes);
         let client_thread = client.spawn(move || run_client(plan)).expect("client");
         let mut s = accept(&listener);
         let mut app = ServerApp::new(2 << 20, 0);
@@ -662,14 +710,11 @@ fn server_half_closed_before_the_dump() {
     for (tag, server_bytes, client_bytes, read_delay, expected) in cases {
         let (_lab, client, server) = lab(tag, &[]);
         big_server_buffers(&client, &server);
-        let addr: SocketAddr = format!("{SERVER_V4}:7102").parse().unwrap();
+        let addr = service_addr(false, 7102);
         let listener = listen(&server, addr);
         let plan = ClientPlan {
-            server: addr,
-            to_send: client_bytes,
             read_delay,
-            stream: 0,
-            write_delay: Duration::ZERO,
+            ..ClientPlan::sending(addr, client_bytes)
         };
         let client_thread = client.spawn(move || run_client(plan)).expect("client");
         let mut s = accept(&listener);
@@ -700,7 +745,7 @@ fn a_thousand_connections_are_dumped_and_restored_at_once() {
     const CONNECTIONS: usize = 1000;
     const PER_DIRECTION: u64 = 8192;
     let (_lab, client, server) = lab("rr-1k", &["net.core.somaxconn=4096"]);
-    let addr: SocketAddr = format!("{SERVER_V4}:7103").parse().unwrap();
+    let addr = service_addr(false, 7103);
     let listener = server
         .run(move || {
             let l = TcpListener::bind(addr).expect("bind");
@@ -877,15 +922,18 @@ fn one_way_connection(
     server: &Netns,
     port: u16,
 ) -> (std::thread::JoinHandle<ClientReport>, TcpStream, ServerApp) {
-    let addr: SocketAddr = format!("{SERVER_V4}:{port}").parse().unwrap();
+    let addr = service_addr(false, port);
+    one_way_connection_to(client, server, addr)
+}
+
+/// A connection to `addr` on which the server sends 2 MiB and the client nothing.
+fn one_way_connection_to(
+    client: &Netns,
+    server: &Netns,
+    addr: SocketAddr,
+) -> (std::thread::JoinHandle<ClientReport>, TcpStream, ServerApp) {
     let listener = listen(server, addr);
-    let plan = ClientPlan {
-        server: addr,
-        to_send: 0,
-        read_delay: Duration::ZERO,
-        stream: 0,
-        write_delay: Duration::ZERO,
-    };
+    let plan = ClientPlan::sending(addr, 0);
     let client_thread = client.spawn(move || run_client(plan)).expect("client");
     let s = accept(&listener);
     (client_thread, s, ServerApp::new(2 << 20, 0))
@@ -1031,6 +1079,52 @@ fn unrestorable_snapshots_are_refused_before_any_side_effect() {
     assert_client(&report, &app, 0);
 }
 
+/// On this kernel a restore needs the service address to be local. Without free bind the
+/// bind refuses it; with free bind an IPv4 restore fails at the repair-mode connect (the route
+/// lookup refuses a non-local source: ENETUNREACH), and an IPv6 one, whose connect succeeds,
+/// at the check before anything is sent. The error says to claim the address first, and the
+/// failed attempts leave nothing behind.
+#[test]
+fn restoring_before_the_address_is_claimed_tells_to_claim_it() {
+    if !kernel_tests_enabled("restore_repair::address_not_local") {
+        return;
+    }
+    let (mut lab, client, server) = lab("rr-notlocal", &[]);
+    let backup = lab
+        .add_host("b", &["198.18.0.3/24", "2001:db8::3/64"])
+        .expect("backup host");
+    for addr in [service_addr(false, 7120), service_addr(true, 7121)] {
+        let (client_thread, mut s, mut app) = one_way_connection_to(&client, &server, addr);
+        app.run_until(&mut s, true, true, |a| a.sent >= 64 << 10);
+        let frozen = FrozenConnection::freeze(s).expect("freeze");
+        let snapshot = frozen.dump().expect("dump");
+        for free_bind in [true, false] {
+            let options = RestoreOptions {
+                free_bind,
+                ..RestoreOptions::at(monotonic_now())
+            };
+            let e = restore_in(&backup, &snapshot, options)
+                .expect_err("the service address is not local on the backup");
+            let expected_step = match (free_bind, addr.is_ipv6()) {
+                (false, _) => "bind",
+                (true, false) => "connect",
+                (true, true) => "local address check",
+            };
+            assert!(
+                matches!(e, RestoreError::AddressNotLocal { address, step, .. }
+                    if address == addr.ip() && step == expected_step),
+                "{addr} free_bind {free_bind}: {e:?}"
+            );
+            assert!(e.to_string().contains("claim"), "{e}");
+        }
+        // Nothing reached the client: thawed, the original connection finishes intact.
+        let mut s = frozen.thaw().expect("thaw");
+        app.run_until(&mut s, true, true, ServerApp::finished);
+        let report = client_thread.join().expect("client");
+        assert_client(&report, &app, 0);
+    }
+}
+
 /// Drops what the server sends from `port` while it lives (a lossy path towards the client).
 struct OutputDrop {
     ns: Netns,
@@ -1074,16 +1168,13 @@ fn both_sides_closing_simultaneously_is_restored() {
     }
     let (_lab, client, server) = lab("rr-closing", &[]);
     let port = 7108;
-    let addr: SocketAddr = format!("{SERVER_V4}:{port}").parse().unwrap();
+    let addr = service_addr(false, port);
     let listener = listen(&server, addr);
     // Small enough to go out with the FIN in the client's initial window, unacknowledged.
     let client_bytes = 5_000;
     let plan = ClientPlan {
-        server: addr,
-        to_send: client_bytes,
-        read_delay: Duration::ZERO,
-        stream: 0,
         write_delay: Duration::from_secs(1),
+        ..ClientPlan::sending(addr, client_bytes)
     };
     let client_thread = client.spawn(move || run_client(plan)).expect("client");
     let mut s = accept(&listener);

@@ -1,4 +1,5 @@
-//! NFQUEUE source: the service's outgoing TCP segments, held until the caller gives a verdict.
+//! NFQUEUE source: the service's outgoing TCP segments, held until the caller gives a verdict
+//! (and, with [`QueueDirections::Both`], its incoming ones, for tracking in the same order).
 //!
 //! This is the output-commit point of DESIGN.md: an outgoing segment is held in the kernel
 //! queue until the backup has acknowledged every byte the segment carries or acknowledges,
@@ -33,6 +34,7 @@ pub mod rules;
 use crate::{CaptureError, CaptureSource, CaptureStats, CapturedFrame};
 use cttm_core::{Instant, LinkType, ServiceSet};
 use nfq::{Message, Queue, Verdict};
+pub use rules::QueueDirections;
 use rules::{QueueRules, RuleError};
 use std::collections::HashMap;
 use std::io;
@@ -60,6 +62,10 @@ pub struct NfqueueConfig {
     /// As a [`CaptureSource`], keep visited packets held (default true); off: accept each
     /// right after its visit.
     pub hold: bool,
+    /// Which segments the rules queue (default [`QueueDirections::Outgoing`]). With
+    /// [`QueueDirections::Both`] the service's incoming segments are queued too (INPUT):
+    /// visit them and accept them at once, they only need tracking.
+    pub directions: QueueDirections,
 }
 
 impl NfqueueConfig {
@@ -73,6 +79,7 @@ impl NfqueueConfig {
             queue_max_len: 16_384,
             install_rules: true,
             hold: true,
+            directions: QueueDirections::Outgoing,
         }
     }
 }
@@ -198,11 +205,12 @@ impl NfqueueSource {
             .map_err(configure("GSO"))?;
         queue.set_nonblocking(true);
         let rules = if config.install_rules {
-            Some(QueueRules::install(
+            Some(QueueRules::install_directions(
                 config.queue,
                 &config.services,
                 config.bypass_mark,
                 config.fail_open,
+                config.directions,
             )?)
         } else {
             None
@@ -473,5 +481,11 @@ mod tests {
     fn chain_names_follow_the_queue_number() {
         assert_eq!(rules::chain_name(0), "CTTM-Q0");
         assert_eq!(rules::chain_name(65535), "CTTM-Q65535");
+    }
+
+    #[test]
+    fn only_outgoing_segments_are_queued_by_default() {
+        let config = NfqueueConfig::new(1, ServiceSet::default());
+        assert_eq!(config.directions, QueueDirections::Outgoing);
     }
 }

@@ -1,4 +1,5 @@
-//! The iptables rules that send the service's outgoing segments to the queue.
+//! The iptables rules that send the service's outgoing segments (and, on request, its
+//! incoming ones) to the queue.
 //!
 //! Layout, per address family with at least one service endpoint (`iptables` for IPv4,
 //! `ip6tables` for IPv6; this kernel has no nft `queue` statement, so the xtables `NFQUEUE`
@@ -9,10 +10,18 @@
 //! -A CTTM-Q<n> -m mark --mark <bypass> -j RETURN        # replication traffic is never held
 //! -A CTTM-Q<n> -p tcp -s <addr> --sport <port> -j NFQUEUE --queue-num <n> [--queue-bypass]
 //! -I OUTPUT 1 -j CTTM-Q<n>
+//! # with incoming segments too (QueueDirections::Both):
+//! -N CTTM-Q<n>-IN
+//! -A CTTM-Q<n>-IN -p tcp -d <addr> --dport <port> -j NFQUEUE --queue-num <n> [--queue-bypass]
+//! -I INPUT 1 -j CTTM-Q<n>-IN
 //! ```
 //!
-//! The dedicated chain named after the queue makes removal exact: delete the jump, flush and
-//! delete the chain; nothing else in the firewall is touched. The rules are installed in the
+//! Incoming segments are queued in INPUT, after routing decided they are for this host and
+//! before the socket sees them: the tracker learns a client's bytes before the server can
+//! acknowledge them, so the acknowledgement (queued in OUTPUT) always finds them tracked.
+//!
+//! The dedicated chains named after the queue make removal exact: delete the jumps, flush and
+//! delete the chains; nothing else in the firewall is touched. The rules are installed in the
 //! network namespace of the calling thread (a child process inherits the namespace of the
 //! thread that spawns it), and that namespace is remembered: removal enters it again from a
 //! helper thread, so dropping the rules from any thread never touches another namespace.
@@ -103,17 +112,36 @@ fn run(family: Family, args: &[&str]) -> Result<(), RuleError> {
 /// Removes the jump and the chain of `family`, ignoring what is already gone. Bounded: a jump
 /// inserted several times (by a crashed earlier run) is deleted at most 16 times.
 fn remove_family(family: Family, chain: &str) -> Result<(), RuleError> {
-    for _ in 0..16 {
-        if run(family, &["-D", "OUTPUT", "-j", chain]).is_err() {
-            break;
+    let incoming = incoming_chain_name(chain);
+    for (hook, chain) in [("OUTPUT", chain), ("INPUT", incoming.as_str())] {
+        for _ in 0..16 {
+            if run(family, &["-D", hook, "-j", chain]).is_err() {
+                break;
+            }
+        }
+        let exists = run(family, &["-S", chain]).is_ok();
+        if exists {
+            run(family, &["-F", chain])?;
+            run(family, &["-X", chain])?;
         }
     }
-    let exists = run(family, &["-S", chain]).is_ok();
-    if exists {
-        run(family, &["-F", chain])?;
-        run(family, &["-X", chain])?;
-    }
     Ok(())
+}
+
+/// The chain of the incoming rules that goes with the outgoing chain `chain`.
+fn incoming_chain_name(chain: &str) -> String {
+    format!("{chain}-IN")
+}
+
+/// Which of the service's segments are queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum QueueDirections {
+    /// Only the service's outgoing segments (OUTPUT, `--sport`): the output-commit point.
+    #[default]
+    Outgoing,
+    /// Outgoing segments and the segments the service receives (INPUT, `--dport`), so one
+    /// queue sees the whole conversation in the order the host handles it.
+    Both,
 }
 
 impl QueueRules {
@@ -125,6 +153,25 @@ impl QueueRules {
         services: &ServiceSet,
         bypass_mark: u32,
         queue_bypass: bool,
+    ) -> Result<QueueRules, RuleError> {
+        QueueRules::install_directions(
+            queue,
+            services,
+            bypass_mark,
+            queue_bypass,
+            QueueDirections::Outgoing,
+        )
+    }
+
+    /// Like [`QueueRules::install`], for the segments `directions` names. Incoming segments
+    /// are queued in their own chain (`CTTM-Q<n>-IN`, jumped to from INPUT); the bypass mark
+    /// applies to outgoing segments only (marks are local to the host).
+    pub fn install_directions(
+        queue: u16,
+        services: &ServiceSet,
+        bypass_mark: u32,
+        queue_bypass: bool,
+        directions: QueueDirections,
     ) -> Result<QueueRules, RuleError> {
         let namespace = File::open("/proc/thread-self/ns/net").map_err(RuleError::Namespace)?;
         let chain = chain_name(queue);
@@ -156,7 +203,7 @@ impl QueueRules {
                 family,
                 &["-A", &chain, "-m", "mark", "--mark", &mark, "-j", "RETURN"],
             )?;
-            for e in endpoints {
+            for e in &endpoints {
                 let port = e.port.to_string();
                 let addr = e.addr.to_string();
                 let mut args = vec!["-A", chain.as_str(), "-p", "tcp"];
@@ -177,6 +224,31 @@ impl QueueRules {
                 run(family, &args)?;
             }
             run(family, &["-I", "OUTPUT", "1", "-j", &chain])?;
+            if directions == QueueDirections::Both {
+                let incoming = incoming_chain_name(&chain);
+                run(family, &["-N", &incoming])?;
+                for e in &endpoints {
+                    let port = e.port.to_string();
+                    let addr = e.addr.to_string();
+                    let mut args = vec!["-A", incoming.as_str(), "-p", "tcp"];
+                    if !e.addr.is_unspecified() {
+                        args.extend_from_slice(&["-d", &addr]);
+                    }
+                    args.extend_from_slice(&[
+                        "--dport",
+                        &port,
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        &queue_num,
+                    ]);
+                    if queue_bypass {
+                        args.push("--queue-bypass");
+                    }
+                    run(family, &args)?;
+                }
+                run(family, &["-I", "INPUT", "1", "-j", &incoming])?;
+            }
         }
         Ok(rules)
     }

@@ -10,6 +10,7 @@
 mod handshake;
 mod open;
 mod reassembly;
+mod table;
 
 use crate::endpoint::{ConnectionId, ServiceSet};
 use crate::event::{CloseHow, ConnectionEvent, EventKind, UnsafeReason};
@@ -19,17 +20,21 @@ use crate::time::Instant;
 use crate::wire::{LinkType, ParseError, SegmentRepr, parse_frame};
 use handshake::SynSeen;
 use open::OpenConnection;
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::time::Duration;
+use table::ConnectionMap;
 
 /// Tracker settings.
 #[derive(Clone, Debug)]
 pub struct TrackerConfig {
     /// The services whose connections are tracked.
     pub services: ServiceSet,
-    /// The most connections tracked at once (default 65,536). When full, closed connections
-    /// are evicted first; new connections beyond that are counted in
-    /// [`TrackerStats::untracked_table_full`] and not tracked.
+    /// The most connections tracked at once (default 65,536), pending handshakes included.
+    /// When full, the connection closed longest ago is evicted first, then the oldest pending
+    /// handshake (a SYN flood must not lock new connections out until the handshake timeout;
+    /// Linux likewise drops the oldest request socket first under SYN-queue pressure, though
+    /// it answers with SYN cookies); only a table full of open connections refuses a new one,
+    /// counted in [`TrackerStats::untracked_table_full`].
     pub max_connections: usize,
     /// Out-of-order bytes buffered per direction of a connection (default 4 MiB). Bytes past
     /// the limit are counted; if the peer then acknowledges them the connection becomes unsafe.
@@ -81,10 +86,20 @@ pub struct TrackerStats {
     pub closed: u64,
     /// Connections evicted (closed and lingering past `closed_linger`, or to make room).
     pub evicted: u64,
+    /// Pending handshakes (SYN seen, no SYN-ACK yet) evicted to make room for a new
+    /// connection; also counted in `evicted`.
+    pub evicted_handshakes: u64,
     /// New connections not tracked because the table was full of open ones.
     pub untracked_table_full: u64,
     /// Out-of-order bytes discarded because a reassembly buffer was full.
     pub reassembly_dropped: u64,
+    /// Client segments of open connections that the server socket drops, or whose data or
+    /// FIN it drops, and that therefore changed nothing: outside the receive window, without
+    /// ACK, acknowledging server bytes never sent, or data into a zero window or past its
+    /// right edge (RFC 9293 §3.10.7.4; Linux `tcp_sequence()`, `tcp_ack()`,
+    /// `tcp_data_queue()`). Zero-window probes and stale retransmissions count here too; a
+    /// sudden rise can mean blind spoofing (RFC 5961).
+    pub client_segments_rejected: u64,
     /// Connections that became unsafe (capture hole, overflow).
     pub unsafe_connections: u64,
 }
@@ -113,13 +128,19 @@ enum Tracked {
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    connections: HashMap<ConnectionId, Tracked>,
+    connections: ConnectionMap<Tracked>,
     /// Client SYNs with a new ISN on a 4-tuple whose connection is still open. Linux answers
     /// a SYN in a synchronized state with a challenge ACK and keeps the connection (RFC 5961
     /// §4, RFC 9293 §3.10.7.4), so the SYN starts a new incarnation only once the server
     /// answers it with a SYN-ACK; until then the open connection stays tracked (a stray or
     /// spoofed SYN must not end its protection).
-    reincarnations: HashMap<ConnectionId, SynSeen>,
+    reincarnations: ConnectionMap<SynSeen>,
+    /// Pending handshakes (`Tracked::SynSeen`) in the order they were first seen, as
+    /// (SYN time, identity), to evict the oldest in O(1). Entries whose connection moved on
+    /// are skipped when met and pruned when the queue outgrows the table.
+    handshake_order: VecDeque<(Instant, ConnectionId)>,
+    /// Closed connections in the order they closed, as (close time, identity), likewise.
+    closed_order: VecDeque<(Instant, ConnectionId)>,
     stats: TrackerStats,
 }
 
@@ -128,8 +149,10 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Tracker {
             config,
-            connections: HashMap::new(),
-            reincarnations: HashMap::new(),
+            connections: ConnectionMap::default(),
+            reincarnations: ConnectionMap::default(),
+            handshake_order: VecDeque::new(),
+            closed_order: VecDeque::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -182,7 +205,13 @@ impl Tracker {
         let disposition = match self.connections.get_mut(&id) {
             None => self.on_untracked(id, side, at, segment, out),
             Some(Tracked::SynSeen(syn)) => {
+                let first_seen = syn.at;
                 let next = handshake::on_syn_seen(&self.config, syn, id, side, at, segment, out);
+                if let Some(Tracked::SynSeen(restarted)) = &next
+                    && restarted.at != first_seen
+                {
+                    self.handshake_order.push_back((restarted.at, id));
+                }
                 self.replace(id, next);
                 FrameDisposition::Tracked
             }
@@ -200,13 +229,16 @@ impl Tracker {
                     self.reincarnations.remove(&id);
                     self.connections.remove(&id);
                     self.on_untracked(id, side, at, segment, out)
-                } else if let Some(syn) = self
-                    .reincarnations
-                    .get(&id)
+                } else if let Some(syn) = segment
+                    .flags
+                    .syn()
+                    .then(|| self.reincarnations.get(&id))
+                    .flatten()
                     .filter(|syn| syn.is_answered_by(side, segment))
                     .cloned()
                 {
-                    // The server accepted the new SYN: the old connection is gone.
+                    // The server accepted the new SYN: the old connection is gone. (Only a
+                    // SYN-ACK can answer a pending SYN, so other segments skip the lookup.)
                     self.reincarnations.remove(&id);
                     conn.close(at, CloseHow::Evicted, out);
                     let next =
@@ -214,9 +246,10 @@ impl Tracker {
                     self.replace(id, next);
                     FrameDisposition::Tracked
                 } else {
-                    let dropped_before = conn.dropped();
+                    let (dropped_before, rejected_before) = (conn.dropped(), conn.rejected());
                     conn.on_segment(&self.config, side, at, segment, out);
                     self.stats.reassembly_dropped += conn.dropped() - dropped_before;
+                    self.stats.client_segments_rejected += conn.rejected() - rejected_before;
                     FrameDisposition::Tracked
                 }
             }
@@ -233,12 +266,19 @@ impl Tracker {
         segment: &SegmentRepr<'_>,
         out: &mut Vec<ConnectionEvent>,
     ) -> FrameDisposition {
-        if self.connections.len() >= self.config.max_connections && !self.evict_one_closed() {
+        if self.connections.len() >= self.config.max_connections
+            && !self.evict_one_closed()
+            && !self.evict_oldest_handshake()
+        {
             self.stats.untracked_table_full += 1;
             return FrameDisposition::Ignored;
         }
         match handshake::on_untracked(&self.config, id, side, at, segment, out) {
             Some(tracked) => {
+                if let Tracked::SynSeen(syn) = &tracked {
+                    self.handshake_order.push_back((syn.at, id));
+                    self.compact_orders();
+                }
                 self.connections.insert(id, tracked);
                 FrameDisposition::Tracked
             }
@@ -266,8 +306,22 @@ impl Tracker {
                         self.stats.mid_stream += 1;
                     }
                 }
-                EventKind::Closed(CloseHow::Evicted) => self.stats.evicted += 1,
-                EventKind::Closed(_) => self.stats.closed += 1,
+                EventKind::Closed(how) => {
+                    if *how == CloseHow::Evicted {
+                        self.stats.evicted += 1;
+                    } else {
+                        self.stats.closed += 1;
+                    }
+                    // The connection lingers closed in the table, queued for eviction by
+                    // the time its record last changed (a new incarnation that replaced it
+                    // right away is not closed: nothing to queue).
+                    if let Some(Tracked::Open(c)) = self.connections.get(&e.id)
+                        && c.record().closed().is_some()
+                    {
+                        self.closed_order.push_back((c.record().updated_at(), e.id));
+                        self.compact_orders();
+                    }
+                }
                 EventKind::Unsafe(UnsafeReason::MidStream) => {}
                 EventKind::Unsafe(_) => self.stats.unsafe_connections += 1,
                 _ => {}
@@ -275,27 +329,64 @@ impl Tracker {
         }
     }
 
+    /// Whether `(at, id)` of [`Tracker::closed_order`] still names a lingering closed
+    /// connection.
+    fn is_closed_entry(
+        connections: &ConnectionMap<Tracked>,
+        at: Instant,
+        id: &ConnectionId,
+    ) -> bool {
+        matches!(connections.get(id), Some(Tracked::Open(c))
+            if c.record().closed().is_some() && c.record().updated_at() == at)
+    }
+
+    /// Whether `(at, id)` of [`Tracker::handshake_order`] still names a pending handshake.
+    fn is_handshake_entry(
+        connections: &ConnectionMap<Tracked>,
+        at: Instant,
+        id: &ConnectionId,
+    ) -> bool {
+        matches!(connections.get(id), Some(Tracked::SynSeen(s)) if s.at == at)
+    }
+
+    /// Drops stale entries of the eviction queues once they outgrow the table, so their size
+    /// stays proportional to it (amortised O(1) per insertion).
+    fn compact_orders(&mut self) {
+        let bound = 2 * self.connections.len() + 64;
+        let connections = &self.connections;
+        if self.closed_order.len() > bound {
+            self.closed_order
+                .retain(|(at, id)| Self::is_closed_entry(connections, *at, id));
+        }
+        if self.handshake_order.len() > bound {
+            self.handshake_order
+                .retain(|(at, id)| Self::is_handshake_entry(connections, *at, id));
+        }
+    }
+
     /// Evicts the closed connection that closed longest ago; false if there is none.
     fn evict_one_closed(&mut self) -> bool {
-        let victim = self
-            .connections
-            .iter()
-            .filter_map(|(id, t)| match t {
-                Tracked::Open(c) if c.record().closed().is_some() => {
-                    Some((c.record().updated_at(), *id))
-                }
-                _ => None,
-            })
-            .min()
-            .map(|(_, id)| id);
-        match victim {
-            Some(id) => {
+        while let Some((at, id)) = self.closed_order.pop_front() {
+            if Self::is_closed_entry(&self.connections, at, &id) {
                 self.connections.remove(&id);
                 self.stats.evicted += 1;
-                true
+                return true;
             }
-            None => false,
         }
+        false
+    }
+
+    /// Evicts the pending handshake whose SYN came first; false if there is none.
+    fn evict_oldest_handshake(&mut self) -> bool {
+        while let Some((at, id)) = self.handshake_order.pop_front() {
+            if Self::is_handshake_entry(&self.connections, at, &id) {
+                self.connections.remove(&id);
+                self.stats.evicted += 1;
+                self.stats.evicted_handshakes += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Advances time to `now`: forgets closed connections past `closed_linger` and SYNs past
@@ -316,6 +407,10 @@ impl Tracker {
         self.reincarnations.retain(|id, syn| {
             now.saturating_since(syn.at) < handshake_timeout && connections.contains_key(id)
         });
+        self.closed_order
+            .retain(|(at, id)| Self::is_closed_entry(connections, *at, id));
+        self.handshake_order
+            .retain(|(at, id)| Self::is_handshake_entry(connections, *at, id));
     }
 
     /// Marks a connection unsafe (for example after the capture reported dropped frames) and

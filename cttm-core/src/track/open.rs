@@ -30,6 +30,9 @@ pub(super) struct OpenConnection {
     server: Reassembler,
     last_client_ack: Option<AckFields>,
     last_server_ack: Option<AckFields>,
+    /// Client segments, or their data, that the server socket drops (see
+    /// [`OpenConnection::rejected`]).
+    rejected: u64,
 }
 
 impl OpenConnection {
@@ -53,6 +56,7 @@ impl OpenConnection {
             server: Reassembler::default(),
             last_client_ack: None,
             last_server_ack: None,
+            rejected: 0,
         }
     }
 
@@ -63,6 +67,11 @@ impl OpenConnection {
     /// Out-of-order bytes discarded so far, both directions.
     pub(super) fn dropped(&self) -> u64 {
         self.client.dropped() + self.server.dropped()
+    }
+
+    /// Client segments the server drops whole, or whose data or FIN it drops, so far.
+    pub(super) fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     /// True when `segment` is a client SYN starting a new incarnation of this 4-tuple.
@@ -107,11 +116,44 @@ impl OpenConnection {
             self.on_reset(side, at, segment, out);
             return;
         }
+        if side == Side::Client && !self.server_accepts_client_segment(segment) {
+            self.rejected += 1;
+            return;
+        }
         self.on_payload(config, side, at, segment, out);
         if segment.flags.ack() {
             self.on_ack(side, at, segment, out);
         }
         self.close_if_done(at, out);
+    }
+
+    /// Whether the server socket processes a (non-SYN, non-RST) client segment at all, in the
+    /// order of Linux `tcp_rcv_established()` / `tcp_rcv_state_process()`. A segment the
+    /// server drops changes nothing in its socket, so it must change nothing in the record:
+    /// a forged or stale segment must not put its bytes, FIN, acknowledgement or window in
+    /// place of the real ones.
+    /// - Outside the receive window (`tcp_sequence()`, RFC 9293 §3.10.7.4 first check).
+    /// - Without ACK (RFC 9293 §3.10.7.4 fifth check: "if the ACK bit is off, drop the
+    ///   segment"; Linux discards it with `SKB_DROP_REASON_TCP_FLAGS`).
+    /// - Acknowledging server bytes never sent (SEG.ACK > SND.NXT: RFC 9293 §3.10.7.4 "If the
+    ///   ACK acks something not yet sent ... drop the segment"; Linux `tcp_ack()` returns
+    ///   `SKB_DROP_REASON_TCP_ACK_UNSENT_DATA` and the whole segment, data included, is
+    ///   discarded). Every server segment is captured at the server host, so SND.NXT is the
+    ///   end of the server sequence space seen; capture drops are reported by the capture
+    ///   layer, not inferred here. A connection picked up mid-stream has not seen every
+    ///   server segment, so there an acknowledgement beyond what was seen stays a hole.
+    fn server_accepts_client_segment(&self, segment: &SegmentRepr<'_>) -> bool {
+        if self.outside_receive_window(segment) || !segment.flags.ack() {
+            return false;
+        }
+        if self.record.handshake().mid_stream {
+            return true;
+        }
+        let acked_ref = self.record.stream(Side::Server).acked();
+        segment
+            .ack
+            .unwrap_near(self.base(Side::Server), acked_ref)
+            .is_none_or(|offset| offset <= self.server.seen_end())
     }
 
     fn base(&self, side: Side) -> SeqNumber {
@@ -158,6 +200,10 @@ impl OpenConnection {
         if skip > segment.payload.len() {
             return;
         }
+        if side == Side::Client && !self.client_data_fits_window(start, segment) {
+            self.rejected += 1;
+            return;
+        }
         let offset = start.max(0) as u64;
         let payload = &segment.payload[skip..];
         let delivered =
@@ -195,9 +241,6 @@ impl OpenConnection {
         segment: &SegmentRepr<'_>,
         out: &mut Vec<ConnectionEvent>,
     ) {
-        if side == Side::Client && self.outside_receive_window(segment) {
-            return;
-        }
         let peer = side.peer();
         let acked_ref = self.record.stream(peer).acked();
         let Some(offset) = segment.ack.unwrap_near(self.base(peer), acked_ref) else {
@@ -265,6 +308,40 @@ impl OpenConnection {
         }
     }
 
+    /// The server's receive window over the client stream, as stream positions: RCV.WUP (what
+    /// the server acknowledged in its last segment, Linux `tcp_select_window()`), RCV.NXT (a
+    /// received FIN included) and the right edge RCV.WUP + RCV.WND, never left of RCV.NXT
+    /// (Linux `tcp_receive_window()` is clamped at zero).
+    fn client_receive_window(&self) -> (i64, i64, i64) {
+        let rcv_wup = self.last_server_ack.map_or(0, |a| a.offset) as i64;
+        let rcv_nxt =
+            (self.client.next() + u64::from(self.client.fin() == Some(self.client.next()))) as i64;
+        let right_edge = (rcv_wup + i64::from(self.record.receive_window())).max(rcv_nxt);
+        (rcv_wup, rcv_nxt, right_edge)
+    }
+
+    /// Whether the data (and FIN) of an acceptable client segment starting at stream position
+    /// `start` is queued by the server, as Linux `tcp_data_queue()` decides: nothing new
+    /// (END.SEQ at or before RCV.NXT) is a duplicate; new data is dropped when the receive
+    /// window is zero, or when it starts at or beyond the window's right edge (out of order
+    /// past the window). A bare FIN exactly at RCV.NXT is taken even into a zero window
+    /// (Linux 6.x: "Some stacks are known to send bare FIN packets in a loop"). Without this,
+    /// bytes the server dropped (a forged segment ahead of the real data) would be kept by
+    /// the reassembler in place of the real bytes that follow. Connections picked up
+    /// mid-stream know no window: everything is taken.
+    fn client_data_fits_window(&self, start: i64, segment: &SegmentRepr<'_>) -> bool {
+        if self.record.handshake().mid_stream {
+            return true;
+        }
+        let (_, rcv_nxt, right_edge) = self.client_receive_window();
+        let end = start + segment.seq_len() as i64;
+        if end <= rcv_nxt {
+            return true;
+        }
+        let bare_fin_in_order = segment.payload.is_empty() && start == rcv_nxt;
+        bare_fin_in_order || (right_edge > rcv_nxt && start < right_edge)
+    }
+
     /// True when a client segment lies outside the window the server last advertised:
     /// wholly before it (END.SEQ before RCV.WUP) or starting after its right edge (SEQ after
     /// RCV.WUP + RCV.WND, or after RCV.NXT when that is further). Linux
@@ -274,13 +351,9 @@ impl OpenConnection {
     /// data), stale retransmissions and a pure ACK that overtook the data before it into a
     /// closed window are such segments.
     fn outside_receive_window(&self, segment: &SegmentRepr<'_>) -> bool {
-        // RCV.WUP: what the server acknowledged in its last segment (Linux tcp_select_window()).
-        let rcv_wup = self.last_server_ack.map_or(0, |a| a.offset) as i64;
+        let (rcv_wup, _, right_edge) = self.client_receive_window();
         let start = self.position(Side::Client, segment.seq);
         let end = start + segment.seq_len() as i64;
-        let rcv_nxt =
-            (self.client.next() + u64::from(self.client.fin() == Some(self.client.next()))) as i64;
-        let right_edge = (rcv_wup + i64::from(self.record.receive_window())).max(rcv_nxt);
         // A connection picked up mid-stream has seen no window yet: only the left edge holds.
         let beyond = !self.record.handshake().mid_stream && start > right_edge;
         end < rcv_wup || beyond
@@ -321,10 +394,8 @@ impl OpenConnection {
     /// the connection stays open.
     fn server_accepts_client_reset(&self, segment: &SegmentRepr<'_>) -> bool {
         let position = self.position(Side::Client, segment.seq);
-        let rcv_wup = self.last_server_ack.map_or(0, |a| a.offset) as i64;
         let fin_received = self.client.fin() == Some(self.client.next());
-        let rcv_nxt = (self.client.next() + u64::from(fin_received)) as i64;
-        let right_edge = (rcv_wup + i64::from(self.record.receive_window())).max(rcv_nxt);
+        let (rcv_wup, rcv_nxt, right_edge) = self.client_receive_window();
         if position < rcv_wup || position > right_edge {
             return false;
         }

@@ -15,6 +15,9 @@ pub(crate) struct Reassembler {
     dropped: u64,
     /// A FIN seen at this offset, not yet reached.
     fin: Option<u64>,
+    /// End of the sequence space seen so far (data and FIN, buffered or dropped included):
+    /// SND.NXT of the sender, when every segment it sent was seen.
+    seen_end: u64,
 }
 
 /// What inserting a piece produced.
@@ -45,9 +48,14 @@ impl Reassembler {
             .map(|(o, p)| o + p.len() as u64)
     }
 
-    /// End of the known sequence space (delivered bytes plus a delivered FIN).
+    /// The FIN's offset, once seen (reached when it equals [`Reassembler::next`]).
     pub(crate) fn fin(&self) -> Option<u64> {
         self.fin
+    }
+
+    /// End of the sequence space seen (data and a FIN), delivered or not.
+    pub(crate) fn seen_end(&self) -> u64 {
+        self.seen_end
     }
 
     /// Inserts `bytes` at `offset` (and a FIN after them if `fin`), delivering what became
@@ -63,6 +71,7 @@ impl Reassembler {
         if fin && self.fin.is_none() {
             self.fin = Some(end);
         }
+        self.seen_end = self.seen_end.max(end + u64::from(fin));
         // Data beyond a known FIN is invalid (RFC 9293 §3.10.7.4 discards it).
         let end = self.fin.map_or(end, |f| end.min(f));
         let mut out = Delivered {
@@ -87,41 +96,46 @@ impl Reassembler {
         out
     }
 
-    /// Buffers an out-of-order piece, trimming what is already buffered.
+    /// Buffers an out-of-order piece, trimming what is already buffered: each gap between
+    /// buffered pieces gets its own copy (found by two ordered lookups, without collecting the
+    /// gaps first).
     fn buffer(&mut self, start: u64, piece: &[u8], limit: usize) {
-        let mut cursor = start;
         let end = start + piece.len() as u64;
-        let mut gaps: Vec<(u64, u64)> = Vec::new();
-        for (&o, p) in self.pending.range(..end) {
-            let pend = o + p.len() as u64;
-            if pend <= cursor {
-                continue;
+        let mut cursor = start;
+        while cursor < end {
+            // A buffered piece covering `cursor`: skip to its end.
+            if let Some((&o, p)) = self.pending.range(..=cursor).next_back() {
+                let covered_to = o + p.len() as u64;
+                if covered_to > cursor {
+                    cursor = covered_to;
+                    continue;
+                }
             }
-            if o > cursor {
-                gaps.push((cursor, o.min(end)));
-            }
-            cursor = cursor.max(pend);
-            if cursor >= end {
-                break;
-            }
-        }
-        if cursor < end {
-            gaps.push((cursor, end));
-        }
-        for (g0, g1) in gaps {
-            let len = (g1 - g0) as usize;
+            // A gap from `cursor` to the next buffered piece (or the end of this one).
+            let gap_end = self
+                .pending
+                .range(cursor..end)
+                .next()
+                .map_or(end, |(&o, _)| o);
+            let len = (gap_end - cursor) as usize;
             if self.pending_bytes + len > limit {
                 self.dropped += len as u64;
-                continue;
+            } else {
+                self.pending_bytes += len;
+                let slice = &piece[(cursor - start) as usize..(gap_end - start) as usize];
+                self.pending.insert(cursor, slice.to_vec());
             }
-            self.pending_bytes += len;
-            let slice = &piece[(g0 - start) as usize..(g1 - start) as usize];
-            self.pending.insert(g0, slice.to_vec());
+            cursor = gap_end;
         }
     }
 
     /// Moves buffered pieces that became contiguous into `out`.
     fn drain_pending(&mut self, out: &mut Vec<u8>) {
+        if self.pending.is_empty() {
+            // The common case, in-order data: `next` is already within the FIN (clipped by
+            // the caller).
+            return;
+        }
         // Pieces buffered before the FIN was known may extend past it: clip them there.
         let stream_end = self.fin.unwrap_or(u64::MAX);
         while let Some(entry) = self.pending.first_entry() {
@@ -146,6 +160,7 @@ impl Reassembler {
     /// never captured. Continues at `offset`, delivering buffered bytes that follow.
     pub(crate) fn skip_to(&mut self, offset: u64) -> Delivered {
         let target = self.fin.map_or(offset, |f| offset.min(f));
+        self.seen_end = self.seen_end.max(target);
         let mut out = Delivered::default();
         if target > self.next {
             self.next = target;
@@ -216,6 +231,26 @@ mod tests {
         assert_eq!(d.bytes, b"abcde");
         assert_eq!(d.fin, Some(5));
         assert_eq!(r.next(), 5);
+    }
+
+    #[test]
+    fn a_piece_spanning_several_buffered_ones_fills_only_the_gaps() {
+        let mut r = Reassembler::default();
+        r.insert(4, b"EF", false, 100);
+        r.insert(8, b"IJ", false, 100);
+        // 2..12 over [4, 6) and [8, 10): gaps 2..4, 6..8, 10..12 are buffered, the first
+        // bytes seen at 4 and 8 are kept.
+        assert!(r.insert(2, b"cdxxghxxkl", false, 100).bytes.is_empty());
+        assert_eq!(r.pending.len(), 5);
+        assert_eq!(r.pending_bytes, 10);
+        let d = r.insert(0, b"ab", false, 100);
+        assert_eq!(d.bytes, b"abcdEFghIJkl");
+        assert_eq!(r.pending_bytes, 0);
+        // A limit that fits only the first gap (2..4) drops the next one (6..10), counted.
+        let mut r = Reassembler::default();
+        r.insert(4, b"EF", false, 4);
+        r.insert(2, b"cdxxghij", false, 4);
+        assert_eq!((r.pending_bytes, r.dropped()), (4, 4));
     }
 
     #[test]

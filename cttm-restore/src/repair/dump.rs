@@ -1,10 +1,10 @@
 //! Dumping a live socket into a [`ConnectionSnapshot`] (CRIU libsoccr `libsoccr_save`).
 
 use super::sys::{self, TcpRepairWindow, state};
-use super::{DumpError, monotonic_now, repair_on};
+use super::{DumpError, monotonic_now, repair_on, window_scale_of};
 use cttm_core::snapshot::{
     ConnectionSnapshot, NegotiatedOptions, ReceiveQueue, RepairWindow, Restorability, SendQueue,
-    TcpState, TimestampClock, WindowScale,
+    TcpState, TimestampClock,
 };
 use cttm_core::time::Instant;
 use cttm_core::{ConnectionId, SeqNumber};
@@ -20,28 +20,12 @@ fn io_error(step: &'static str) -> impl FnOnce(io::Error) -> DumpError {
     move |source| DumpError::Io { step, source }
 }
 
-fn map_repair_error(e: io::Error) -> DumpError {
-    match e.raw_os_error() {
-        Some(libc::EPERM) => DumpError::PermissionDenied,
-        Some(libc::ENOPROTOOPT) => DumpError::RepairUnsupported,
-        _ => DumpError::Io {
-            step: "setsockopt(TCP_REPAIR)",
-            source: e,
-        },
-    }
-}
-
 /// Freezes a socket: repair mode on, then incoming segments dropped (socket filter). The order
 /// makes a missing capability show as the `TCP_REPAIR` refusal it is.
 fn freeze_fd(fd: RawFd) -> Result<(), DumpError> {
-    repair_on(fd).map_err(map_repair_error)?;
+    repair_on(fd)?;
     if let Err(e) = sys::attach_drop_all_filter(fd) {
-        let _ = sys::set_int(
-            fd,
-            libc::SOL_TCP,
-            libc::TCP_REPAIR,
-            sys::TCP_REPAIR_OFF_NO_WP,
-        );
+        let _ = sys::set_repair(fd, sys::TCP_REPAIR_OFF_NO_WP);
         return Err(match e.raw_os_error() {
             Some(libc::EPERM) => DumpError::PermissionDenied,
             _ => DumpError::Io {
@@ -56,13 +40,8 @@ fn freeze_fd(fd: RawFd) -> Result<(), DumpError> {
 /// Undoes [`freeze_fd`] without a window probe: the socket carries on as if nothing happened
 /// (segments dropped meanwhile are retransmitted by the peer).
 fn thaw_fd(fd: RawFd) -> Result<(), DumpError> {
-    sys::set_int(
-        fd,
-        libc::SOL_TCP,
-        libc::TCP_REPAIR,
-        sys::TCP_REPAIR_OFF_NO_WP,
-    )
-    .map_err(io_error("setsockopt(TCP_REPAIR off)"))?;
+    sys::set_repair(fd, sys::TCP_REPAIR_OFF_NO_WP)
+        .map_err(io_error("setsockopt(TCP_REPAIR off)"))?;
     sys::detach_filter(fd).map_err(io_error("setsockopt(SO_DETACH_FILTER)"))
 }
 
@@ -86,7 +65,7 @@ pub fn dump_connection(stream: &TcpStream) -> Result<ConnectionSnapshot, DumpErr
 /// disconnects a repair socket silently, `tcp_close` → `tcp_disconnect`). The peer notices
 /// nothing; use it after the connection has been dumped and will be restored.
 pub fn close_in_repair(stream: TcpStream) -> Result<(), DumpError> {
-    repair_on(stream.as_raw_fd()).map_err(map_repair_error)?;
+    repair_on(stream.as_raw_fd())?;
     silent_close(stream)
 }
 
@@ -201,8 +180,7 @@ fn dump_once(
     id: ConnectionId,
     now: Instant,
 ) -> Result<Option<ConnectionSnapshot>, DumpError> {
-    let (info, _) = sys::get_value::<libc::tcp_info>(fd, libc::SOL_TCP, libc::TCP_INFO)
-        .map_err(io_error("getsockopt(TCP_INFO)"))?;
+    let info = sys::tcp_info(fd).map_err(io_error("getsockopt(TCP_INFO)"))?;
     let state = match info.tcpi_state {
         state::ESTABLISHED => TcpState::Established,
         state::FIN_WAIT1 => TcpState::FinWait1,
@@ -250,15 +228,12 @@ fn dump_once(
     };
 
     select_queue(fd, sys::TCP_SEND_QUEUE)?;
-    let (write_seq, _) = sys::get_value::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ)
-        .map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
+    let write_seq = sys::queue_seq(fd).map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
     let send_bytes = peek_send_queue(fd, send_len)?;
     select_queue(fd, sys::TCP_RECV_QUEUE)?;
-    let (rcv_nxt, _) = sys::get_value::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ)
-        .map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
+    let rcv_nxt = sys::queue_seq(fd).map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
     let receive_bytes = peek_receive_queue(fd, inq)?;
-    let (rcv_nxt_after, _) = sys::get_value::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ)
-        .map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
+    let rcv_nxt_after = sys::queue_seq(fd).map_err(io_error("getsockopt(TCP_QUEUE_SEQ)"))?;
     select_queue(fd, sys::TCP_NO_QUEUE)?;
     if rcv_nxt != rcv_nxt_after
         || send_bytes.len() != send_len
@@ -279,14 +254,10 @@ fn dump_once(
         bytes: receive_bytes,
         fin: state.client_fin_received(),
     };
-    let window_scale = (info.tcpi_options & sys::TCPI_OPT_WSCALE != 0).then_some(WindowScale {
-        send: info.tcpi_snd_rcv_wscale & 0x0f,
-        receive: info.tcpi_snd_rcv_wscale >> 4,
-    });
     let options = NegotiatedOptions {
         // In repair mode TCP_MAXSEG reports mss_clamp, what TCP_REPAIR_OPTIONS restores.
         mss: u16::try_from(mss).unwrap_or(u16::MAX),
-        window_scale,
+        window_scale: window_scale_of(&info),
         sack: info.tcpi_options & sys::TCPI_OPT_SACK != 0,
         timestamps,
     };
@@ -314,8 +285,7 @@ fn dump_once(
 }
 
 fn select_queue(fd: RawFd, queue: libc::c_int) -> Result<(), DumpError> {
-    sys::set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, queue)
-        .map_err(io_error("setsockopt(TCP_REPAIR_QUEUE)"))
+    sys::select_repair_queue(fd, queue).map_err(io_error("setsockopt(TCP_REPAIR_QUEUE)"))
 }
 
 /// In repair mode with the send queue selected, `recv(MSG_PEEK)` copies the whole send queue

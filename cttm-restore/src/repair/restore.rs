@@ -1,10 +1,11 @@
 //! Restoring a [`ConnectionSnapshot`] into a live socket with `TCP_REPAIR`, in CRIU libsoccr's
 //! order (`libsoccr_restore`): socket → repair on → free bind → queue sequence numbers → bind →
-//! connect (no SYN) → options → timestamp clock → queues → window → FINs → repair off →
-//! unsent bytes.
+//! connect (no SYN) → options → timestamp clock → queues → window → service address checked
+//! local → FINs → repair off →
+//! port reuse allowed again → unsent bytes.
 
 use super::sys::{self, TcpRepairOpt, TcpRepairWindow};
-use super::{RestoredConnection, repair_on};
+use super::{RepairRefused, RestoredConnection, repair_on};
 use crate::{RestoreError, RestoreOptions, check_restorable, plan_server_tsval};
 use cttm_core::ConnectionId;
 use cttm_core::SeqNumber;
@@ -51,12 +52,23 @@ pub fn restore_connection(
     step.write_queue(fd, sys::TCP_RECV_QUEUE, &snapshot.receive.bytes)?;
     step.write_queue(fd, sys::TCP_SEND_QUEUE, snapshot.send.sent_unacked())?;
     step.set_window(fd)?;
+    // Nothing may leave from a service address that is not local yet (with free bind an IPv6
+    // connect succeeds without it): the FIN replay below would go out on the wire, and repair
+    // off sends a window probe from it.
+    step.check_address_is_local()?;
     step.restore_fins(fd)?;
     // Repair off sends a window probe (ESTABLISHED only, tcp_send_window_probe) so the client
     // answers at once with its current ACK and window.
-    sys::set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR, sys::TCP_REPAIR_OFF)
-        .map_err(step.io("setsockopt(TCP_REPAIR off)"))?;
-    if let Err(e) = step.write_unsent(fd) {
+    sys::set_repair(fd, sys::TCP_REPAIR_OFF).map_err(step.io("setsockopt(TCP_REPAIR off)"))?;
+    // Repair off resets sk_reuse to SK_NO_REUSE (net/ipv4/tcp.c, TCP_REPAIR), and a port
+    // owner without reuse makes every later bind of the port conflict
+    // (inet_csk_bind_conflict): a new listener on the service port would fail with
+    // EADDRINUSE. Allow reuse again, as an accepted socket (inheriting its listener's
+    // SO_REUSEADDR) would.
+    let after_repair = sys::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
+        .map_err(step.io("setsockopt(SO_REUSEADDR) after repair"))
+        .and_then(|()| step.write_unsent(fd));
+    if let Err(e) = after_repair {
         // Leave nothing behind: back into repair mode so the close is silent.
         let _ = repair_on(fd);
         return Err(e);
@@ -80,13 +92,24 @@ impl Restore<'_> {
 
     /// EADDRINUSE at bind, or EADDRNOTAVAIL at connect (`inet_hash_connect` finds the
     /// 4-tuple taken in the established hash), means another socket holds the connection.
+    /// EADDRNOTAVAIL at bind (no free bind), or ENETUNREACH at connect (IPv4: the output
+    /// route lookup refuses a non-local source address even with free bind, as only
+    /// `IP_TRANSPARENT` sets `FLOWI_FLAG_ANYSRC`; `ip_route_output_key_hash_rcu`), means the
+    /// service address is not local yet.
     fn bind_error(&self, step: &'static str, e: io::Error) -> RestoreError {
-        let in_use = match e.raw_os_error() {
-            Some(libc::EADDRINUSE) => true,
-            Some(libc::EADDRNOTAVAIL) => step == "connect",
-            _ => false,
+        let (in_use, not_local) = match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => (true, false),
+            Some(libc::EADDRNOTAVAIL) => (step == "connect", step == "bind"),
+            Some(libc::ENETUNREACH) => (false, true),
+            _ => (false, false),
         };
-        if in_use {
+        if not_local {
+            RestoreError::AddressNotLocal {
+                id: self.id,
+                address: self.id.server.ip(),
+                step,
+            }
+        } else if in_use {
             RestoreError::AddressInUse { id: self.id, step }
         } else {
             RestoreError::Io {
@@ -94,6 +117,23 @@ impl Restore<'_> {
                 step,
                 source: e,
             }
+        }
+    }
+
+    /// Refuses with [`RestoreError::AddressNotLocal`] when the service address is not a
+    /// usable local address: binding a plain socket to it fails with EADDRNOTAVAIL exactly
+    /// then (no free bind here).
+    fn check_address_is_local(&self) -> Result<(), RestoreError> {
+        let address = self.id.server.ip();
+        match std::net::UdpSocket::bind(SocketAddr::new(address, 0)) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                Err(RestoreError::AddressNotLocal {
+                    id: self.id,
+                    address,
+                    step: "local address check",
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -106,17 +146,18 @@ impl Restore<'_> {
         // SO_REUSEADDR would overwrite it with SK_CAN_REUSE (net/core/sock.c).
         sys::set_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)
             .map_err(self.io("setsockopt(SO_REUSEADDR)"))?;
-        repair_on(fd).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => RestoreError::PermissionDenied,
-            Some(libc::ENOPROTOOPT) => RestoreError::RepairUnsupported,
-            _ => RestoreError::Io {
+        repair_on(fd).map_err(|refused| match refused {
+            RepairRefused::PermissionDenied => RestoreError::PermissionDenied,
+            RepairRefused::Unsupported => RestoreError::RepairUnsupported,
+            RepairRefused::Other(source) => RestoreError::Io {
                 id: self.id,
                 step: "setsockopt(TCP_REPAIR)",
-                source: e,
+                source,
             },
         })?;
         if options.free_bind {
-            // The service address may not be local yet (the takeover claims it meanwhile).
+            // Lets the bind accept a non-local address; the address must still be local by
+            // connect (IPv4) and before anything is sent (see RestoreError::AddressNotLocal).
             let (level, name) = match server {
                 SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_FREEBIND),
                 SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
@@ -137,23 +178,16 @@ impl Restore<'_> {
             snapshot.send.una
         };
         self.select_queue(fd, sys::TCP_SEND_QUEUE)?;
-        sys::set_value(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &send_start.value())
+        sys::set_queue_seq(fd, send_start.value())
             .map_err(self.io("setsockopt(TCP_QUEUE_SEQ send)"))?;
         self.select_queue(fd, sys::TCP_RECV_QUEUE)?;
-        let receive_start = snapshot.receive.first_seq();
-        sys::set_value(
-            fd,
-            libc::SOL_TCP,
-            libc::TCP_QUEUE_SEQ,
-            &receive_start.value(),
-        )
-        .map_err(self.io("setsockopt(TCP_QUEUE_SEQ receive)"))?;
+        sys::set_queue_seq(fd, snapshot.receive.first_seq().value())
+            .map_err(self.io("setsockopt(TCP_QUEUE_SEQ receive)"))?;
         self.select_queue(fd, sys::TCP_NO_QUEUE)
     }
 
     fn select_queue(&self, fd: RawFd, queue: libc::c_int) -> Result<(), RestoreError> {
-        sys::set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, queue)
-            .map_err(self.io("setsockopt(TCP_REPAIR_QUEUE)"))
+        sys::select_repair_queue(fd, queue).map_err(self.io("setsockopt(TCP_REPAIR_QUEUE)"))
     }
 
     /// `TCP_REPAIR_OPTIONS`: MSS clamp, window scale (`snd | rcv << 16`, RFC 7323 §2), SACK
@@ -219,12 +253,10 @@ impl Restore<'_> {
                     if chunk > MIN_CHUNK {
                         chunk /= 2;
                     } else if !grown {
-                        // The buffer (not the chunk) is too small: size it for the whole queue,
-                        // with room for skb overhead (the kernel doubles the value it is given).
+                        // The buffer (not the chunk) is too small: size it for the whole queue.
                         grown = true;
                         chunk = MAX_CHUNK.min(bytes.len());
-                        let size = i32::try_from(bytes.len().saturating_mul(2)).unwrap_or(i32::MAX);
-                        sys::set_int(fd, libc::SOL_SOCKET, buffer_option, size)
+                        sys::force_buffer_for(fd, buffer_option, bytes.len())
                             .map_err(self.io("setsockopt(SO_*BUFFORCE)"))?;
                     } else {
                         return Err(RestoreError::QueueTooLarge {
@@ -376,8 +408,7 @@ impl Restore<'_> {
         let deadline = StdInstant::now() + FIN_REPLAY_TIMEOUT;
         loop {
             self.select_queue(fd, sys::TCP_RECV_QUEUE)?;
-            let (rcv_nxt, _) = sys::get_value::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ)
-                .map_err(self.io("getsockopt(TCP_QUEUE_SEQ)"))?;
+            let rcv_nxt = sys::queue_seq(fd).map_err(self.io("getsockopt(TCP_QUEUE_SEQ)"))?;
             self.select_queue(fd, sys::TCP_NO_QUEUE)?;
             if rcv_nxt == expected {
                 return Ok(());
@@ -404,9 +435,7 @@ impl Restore<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !grown => {
                     // These bytes fitted the original socket's buffer: make this one as large.
                     grown = true;
-                    let size = i32::try_from(self.snapshot.send.bytes.len().saturating_mul(2))
-                        .unwrap_or(i32::MAX);
-                    sys::set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size)
+                    sys::force_buffer_for(fd, libc::SO_SNDBUFFORCE, self.snapshot.send.bytes.len())
                         .map_err(self.io("setsockopt(SO_SNDBUFFORCE)"))?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {

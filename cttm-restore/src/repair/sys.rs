@@ -94,41 +94,62 @@ fn check_size(ret: isize) -> io::Result<usize> {
     }
 }
 
-/// Creates a blocking TCP socket of `addr`'s family, close-on-exec.
-pub(crate) fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+/// Creates a close-on-exec socket of `addr`'s family.
+fn socket_for(addr: &SocketAddr, kind: c_int, protocol: c_int) -> io::Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
     // SAFETY: socket() takes no pointers; a non-negative return is a fresh descriptor we own.
-    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = check(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) })?;
     // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Creates a blocking TCP socket of `addr`'s family, close-on-exec.
+pub(crate) fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    socket_for(addr, libc::SOCK_STREAM, 0)
+}
+
 /// Creates a raw socket that sends whole IP packets (header included) of `addr`'s family.
 pub(crate) fn raw_ip_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: as in tcp_socket.
-    let fd = check(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    })?;
-    // SAFETY: fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = socket_for(addr, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
     if addr.is_ipv6() {
         // IPPROTO_RAW implies IP_HDRINCL for IPv4 (raw(7)); IPv6 wants it explicitly.
         set_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, 1)?;
     }
     Ok(fd)
+}
+
+/// `TCP_REPAIR` set to `mode` ([`TCP_REPAIR_ON`], [`TCP_REPAIR_OFF`] or
+/// [`TCP_REPAIR_OFF_NO_WP`]).
+pub(crate) fn set_repair(fd: RawFd, mode: c_int) -> io::Result<()> {
+    set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR, mode)
+}
+
+/// `TCP_REPAIR_QUEUE`: selects the queue later queue reads, writes and `TCP_QUEUE_SEQ` act on
+/// ([`TCP_NO_QUEUE`], [`TCP_RECV_QUEUE`], [`TCP_SEND_QUEUE`]).
+pub(crate) fn select_repair_queue(fd: RawFd, queue: c_int) -> io::Result<()> {
+    set_int(fd, libc::SOL_TCP, libc::TCP_REPAIR_QUEUE, queue)
+}
+
+/// `getsockopt(TCP_QUEUE_SEQ)` of the selected queue: `write_seq` of the send queue,
+/// `rcv_nxt` of the receive queue.
+pub(crate) fn queue_seq(fd: RawFd) -> io::Result<u32> {
+    get_value::<u32>(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ).map(|(seq, _)| seq)
+}
+
+/// `setsockopt(TCP_QUEUE_SEQ)` of the selected queue (before connect only: EPERM after).
+pub(crate) fn set_queue_seq(fd: RawFd, seq: u32) -> io::Result<()> {
+    set_value(fd, libc::SOL_TCP, libc::TCP_QUEUE_SEQ, &seq)
+}
+
+/// `SO_SNDBUFFORCE`/`SO_RCVBUFFORCE` (`option`) sized for `bytes` of payload: twice as much,
+/// with room for skb overhead (the kernel doubles the value it is given on top).
+pub(crate) fn force_buffer_for(fd: RawFd, option: c_int, bytes: usize) -> io::Result<()> {
+    let size = c_int::try_from(bytes.saturating_mul(2)).unwrap_or(c_int::MAX);
+    set_int(fd, libc::SOL_SOCKET, option, size)
 }
 
 /// `setsockopt` with a plain value.
@@ -196,6 +217,15 @@ pub(crate) fn get_value<T: Copy>(fd: RawFd, level: c_int, name: c_int) -> io::Re
     // SAFETY: zero-initialised above and `T` is plain old data, so every byte pattern
     // (including bytes the kernel did not write) is a valid `T`.
     Ok((unsafe { value.assume_init() }, len as usize))
+}
+
+/// `getsockopt(TCP_INFO)`: the kernel's `struct tcp_info` of a TCP socket (any state; no
+/// repair mode or capability needed).
+pub(crate) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // `libc::tcp_info` is plain integers (every bit pattern valid), as `get_value` requires; an
+    // older kernel that writes a shorter struct leaves the remaining fields zero.
+    let (info, _) = get_value::<libc::tcp_info>(fd, libc::SOL_TCP, libc::TCP_INFO)?;
+    Ok(info)
 }
 
 /// An ioctl that returns an int (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).

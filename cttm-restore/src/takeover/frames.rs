@@ -1,10 +1,10 @@
 //! The announcement frames a takeover sends once it owns an address: pure functions, no I/O.
 //!
-//! - IPv4: an ARP announcement (RFC 5227 §3): an ARP *request* whose sender and target
-//!   protocol addresses are both the claimed address, target hardware address zero, sent to
-//!   the Ethernet broadcast address. Neighbours that already have an entry for the address
-//!   replace its hardware address (Linux `arp_process` treats it as a gratuitous ARP and
-//!   overrides the lock time).
+//! - IPv4: an ARP announcement (RFC 5227 §2.3; §3 says why it is a request and not a reply):
+//!   an ARP *request* whose sender and target protocol addresses are both the claimed
+//!   address, target hardware address zero, sent to the Ethernet broadcast address.
+//!   Neighbours that already have an entry for the address replace its hardware address
+//!   (Linux `arp_process` treats it as a gratuitous ARP and overrides the lock time).
 //! - IPv6: an unsolicited neighbour advertisement (RFC 4861 §7.2.6): to the all-nodes
 //!   multicast group `ff02::1`, solicited flag clear, override flag set, a target link-layer
 //!   address option carrying the new MAC, hop limit 255 (receivers drop anything else,
@@ -34,7 +34,7 @@ pub fn ipv6_multicast_mac(group: Ipv6Addr) -> [u8; 6] {
     [0x33, 0x33, o[12], o[13], o[14], o[15]]
 }
 
-/// An RFC 5227 §3 ARP announcement of `address` at `mac`, as a complete Ethernet frame.
+/// An RFC 5227 §2.3 ARP announcement of `address` at `mac`, as a complete Ethernet frame.
 pub fn arp_announcement(mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
     let announcement = ArpEthIpv4Packet {
         operation: ArpOperation::REQUEST,

@@ -18,7 +18,7 @@
 //! # Announcements
 //!
 //! After a claim, [`NetlinkTakeover::announce_address`] sends [`AnnounceConfig::count`]
-//! frames, [`AnnounceConfig::interval`] apart, the first at once: RFC 5227 §3 ARP
+//! frames, [`AnnounceConfig::interval`] apart, the first at once: RFC 5227 §2.3 ARP
 //! announcements for IPv4, RFC 4861 §7.2.6 unsolicited neighbour advertisements for IPv6
 //! (see [`frames`]). IPv6 addresses are added with `IFA_F_NODAD`, so they are usable at once
 //! instead of staying tentative for the duplicate address detection time.

@@ -5,9 +5,11 @@
 //! | [`options`] | the resolved settings each role runs with (what the config file and flags become) |
 //! | [`config`] | TOML configuration files and command-line flags, with errors naming the key |
 //! | [`primary`] | the primary agent: capture, track, replicate, output commit |
+//! | [`demo`] | `cttmd demo`: a crash failover in network namespaces, with a checking client workload |
 //! | [`backup`] | the backup agent: replica, shadow sessions, failure detection, takeover |
 
 pub mod backup;
 pub mod config;
+pub mod demo;
 pub mod options;
 pub mod primary;

@@ -1,1 +1,397 @@
-//! The backup agent (being written).
+//! The backup agent: keeps a replica of every protected connection (the primary replicates
+//! over the authenticated link), runs a shadow session per connection on the standby daemon,
+//! watches the primary's heartbeats, and when the primary is declared dead takes over: claims
+//! the service addresses, restores every connection that can be continued with `TCP_REPAIR`
+//! and splices it to its shadow session, resets the others at once, announces the addresses,
+//! and keeps serving the spliced connections.
+//!
+//! | module | concern |
+//! |---|---|
+//! | `shadow` | shadow sessions: feeding the standby, comparing its output (divergence) |
+//! | `takeover` | claim, restore, reset, announce |
+//! | `splice` | restored socket ↔ shadow session after takeover |
+//! | `watch` | after takeover: clients ahead of what the backup holds (async loss) are reset |
+//!
+//! The agent runs in the calling thread (and threads it starts), in the calling thread's
+//! network namespace: the replication listener, the standby connections, the restored
+//! sockets and the address changes all happen there.
+
+mod shadow;
+mod splice;
+mod takeover;
+mod watch;
+
+use crate::options::BackupOptions;
+use cttm_core::ReplicaConfig;
+use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
+use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
+use cttm_replicate::{
+    BackupConfig, BackupService, PreSharedKey, ReplicaStore, Security, TransportError,
+};
+use cttm_restore::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover, OpenError};
+use shadow::ShadowSet;
+use splice::{SpliceEnd, SpliceSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use takeover::Outcome;
+use thiserror::Error;
+
+/// Changes queued for the shadow sessions before the replication thread starts dropping
+/// them (then every connection becomes unprotected).
+const SUBSCRIPTION_CAPACITY: usize = 1 << 16;
+/// How long one round of the protect loop waits for a standby socket.
+const PROTECT_POLL: Duration = Duration::from_millis(2);
+/// How long one round of the serve loop waits for a spliced socket.
+const SERVE_POLL: Duration = Duration::from_millis(50);
+/// Changes applied to the shadows per round at most (so sockets are served in between).
+const EVENTS_PER_ROUND: usize = 4096;
+/// Time between frames of one announcement.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long after takeover the clients' segments are watched for connections the backup
+/// fell behind on (async mode).
+const WATCH_FOR: Duration = Duration::from_secs(30);
+/// How long a client may stay ahead of a restored connection before it is reset: longer
+/// than the client's retransmission timeout, which fills holes that are only in flight.
+const AHEAD_GRACE: Duration = Duration::from_secs(3);
+/// How long one round of the serve loop waits while the watch lasts.
+const WATCH_POLL: Duration = Duration::from_millis(10);
+/// When, after the first announcement, every restored socket probes its client again (the
+/// probe sent at restore went out before the neighbours learned the address moved, so the
+/// answer went to the dead primary).
+const PROBE_DELAY: Duration = Duration::from_millis(20);
+/// How often replication link errors and reports are logged.
+const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a connection was ended with a reset at takeover instead of being continued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The standby's output differed from the primary's at this server stream offset.
+    Diverged {
+        /// The first differing byte.
+        offset: u64,
+    },
+    /// The replica cannot restore the connection exactly (picked up mid-stream, capture
+    /// hole, retention exceeded, ...).
+    NotRestorable(String),
+    /// The handshake had not completed: there is no state to continue (no reset is needed:
+    /// the client's next segment is answered with one by the kernel).
+    HandshakeIncomplete,
+    /// No shadow session could follow the connection (standby unreachable, the backup
+    /// joined late, events were missed, ...).
+    NoShadow(String),
+    /// The primary acknowledged client bytes the backup does not hold.
+    MissingClientBytes {
+        /// The first missing client stream offset.
+        from: u64,
+        /// The first offset held again.
+        to: u64,
+    },
+    /// The TCP_REPAIR restore failed.
+    RestoreFailed(String),
+}
+
+impl fmt::Display for ResetReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResetReason::Diverged { offset } => {
+                write!(
+                    f,
+                    "diverged: the standby's output differs at server offset {offset}"
+                )
+            }
+            ResetReason::NotRestorable(why) => write!(f, "not restorable: {why}"),
+            ResetReason::HandshakeIncomplete => write!(f, "handshake incomplete"),
+            ResetReason::NoShadow(why) => write!(f, "no shadow session: {why}"),
+            ResetReason::MissingClientBytes { from, to } => write!(
+                f,
+                "the backup misses client bytes {from}..{to} the primary acknowledged"
+            ),
+            ResetReason::RestoreFailed(why) => write!(f, "restore failed: {why}"),
+        }
+    }
+}
+
+/// What a backup run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupExit {
+    /// How long the takeover took (from the verdict to the first announcement: shadow
+    /// sessions drained, addresses claimed, connections restored or reset), if it happened.
+    pub takeover: Option<Duration>,
+    /// Connections restored and spliced to their shadow sessions.
+    pub restored: Vec<ConnectionId>,
+    /// Connections ended with a reset at takeover, with the reason.
+    pub reset: Vec<(ConnectionId, ResetReason)>,
+    /// Connections whose standby output differed from the primary's, with the first
+    /// differing server offset (before or after the takeover).
+    pub diverged: Vec<(ConnectionId, u64)>,
+    /// Spliced connections that ended after the takeover, and how (`None`: closed normally;
+    /// `Some(reason)`: ended abruptly).
+    pub ended: Vec<(ConnectionId, Option<String>)>,
+    /// Connections still spliced when the agent stopped.
+    pub still_spliced: usize,
+}
+
+/// Why the backup agent could not run.
+#[derive(Debug, Error)]
+pub enum BackupError {
+    /// No service endpoint is configured.
+    #[error("no service configured: set `services` (address:port of each protected service)")]
+    NoServices,
+    /// The service prefix length is too long for a service address.
+    #[error(
+        "the service prefix length /{prefix_len} does not fit {address}: set `service_prefix_len` to at most 32 (IPv4) or 128 (IPv6)"
+    )]
+    PrefixLength {
+        /// A service address.
+        address: IpAddr,
+        /// The configured prefix length.
+        prefix_len: u8,
+    },
+    /// The replication listener could not be opened.
+    #[error(
+        "cannot listen for the primary on {listen}: {source}; check `listen` (a local address and a free port)"
+    )]
+    Listen {
+        /// The configured address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: TransportError,
+    },
+    /// The takeover interface could not be opened.
+    #[error("cannot prepare the takeover: {0}; check `interface`")]
+    Interface(#[from] OpenError),
+    /// Claiming a service address failed at takeover.
+    #[error("claiming the service address failed: {0}")]
+    Claim(#[source] ClaimError),
+    /// Waiting on the shadow or spliced sockets failed.
+    #[error(
+        "poll(2) on the shadow and spliced sockets failed: {0}; check the open file limit (`ulimit -n`)"
+    )]
+    Poll(#[from] std::io::Error),
+}
+
+/// Runs the backup agent until `stop` is set. Before the primary fails it protects
+/// connections; once the primary was heard and then missed for `heartbeat.misses`
+/// intervals, it takes over and keeps serving the spliced connections (and, through the
+/// standby daemon listening on the service port, new ones) until `stop`.
+pub fn run_backup(
+    options: BackupOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<BackupExit, BackupError> {
+    let addresses = service_addresses(&options)?;
+    let services = ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new));
+    let mut netlink =
+        NetlinkTakeover::open(&options.interface)?.with_announce_config(AnnounceConfig {
+            count: options.announce_count.max(1),
+            interval: ANNOUNCE_INTERVAL,
+        });
+    let tcp = TcpConfig::new(
+        Security::Noise(PreSharedKey::new(options.key)),
+        services.clone(),
+    );
+    let transport =
+        TcpBackupTransport::bind(tcp, options.listen).map_err(|source| BackupError::Listen {
+            listen: options.listen,
+            source,
+        })?;
+    let store = ReplicaStore::new(ReplicaConfig::default());
+    let subscription = store.subscribe(SUBSCRIPTION_CAPACITY);
+    let config = BackupConfig {
+        heartbeat_interval: options.heartbeat.interval,
+        failure_misses: options.heartbeat.misses.max(1),
+        ..BackupConfig::default()
+    };
+    let service = BackupService::start(
+        config,
+        store.clone(),
+        cttm_replicate::random_epoch(),
+        Arc::new(transport),
+    );
+    tracing::info!(
+        listen = %options.listen,
+        standby = %options.standby,
+        services = ?options.services,
+        "backup agent started"
+    );
+
+    // Protect until the primary fails (or stop).
+    let mut shadows = ShadowSet::new(options.standby, store.clone());
+    let mut exit = BackupExit::default();
+    let mut heard = false;
+    let mut lagged = 0;
+    let mut last_report = std::time::Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("backup agent stopped before any takeover");
+            return Ok(exit);
+        }
+        shadows.pump(PROTECT_POLL)?;
+        for _ in 0..EVENTS_PER_ROUND {
+            let Some(event) = subscription.try_recv() else {
+                break;
+            };
+            shadows.on_store_event(event);
+        }
+        if subscription.lagged() > lagged {
+            lagged = subscription.lagged();
+            tracing::error!(
+                lost = lagged,
+                "the shadow sessions fell behind the replica; every connection is unprotected"
+            );
+            shadows.unprotect_all("the shadow sessions missed replica changes");
+        }
+        if last_report.elapsed() >= REPORT_INTERVAL {
+            last_report = std::time::Instant::now();
+            log_link(&service);
+        }
+        let alive = service.primary_alive();
+        if alive && !heard {
+            heard = true;
+            tracing::info!("primary heard on the replication link");
+        }
+        if heard && !alive {
+            break;
+        }
+    }
+
+    // Takeover.
+    let started = std::time::Instant::now();
+    tracing::warn!(
+        connections = store.len(),
+        shadows = shadows.len(),
+        "primary declared dead: takeover starts"
+    );
+    drop(service);
+    let mut watch = watch::Watch::open(&options.interface, services, WATCH_FOR);
+    while let Some(event) = subscription.try_recv() {
+        shadows.on_store_event(event);
+    }
+    if subscription.lagged() > lagged {
+        shadows.unprotect_all("the shadow sessions missed replica changes");
+    }
+    shadows.pump(Duration::ZERO)?;
+    let connections = takeover::connections(&store);
+    takeover::resolve_clients(&connections);
+    takeover::claim(&mut netlink, &addresses, options.service_prefix_len)?;
+    let mut splices = SpliceSet::new();
+    for snapshot in connections {
+        let id = snapshot.id;
+        let shadow = shadows.take(&id);
+        match takeover::take_over_connection(&store, &snapshot, shadow) {
+            Outcome::Restored(splice) => {
+                tracing::info!(connection = %id, "connection restored and spliced to its shadow session");
+                splices.add(*splice);
+                exit.restored.push(id);
+            }
+            Outcome::Reset(reason) => {
+                tracing::warn!(connection = %id, %reason, "connection lost: reset at takeover");
+                if let ResetReason::Diverged { offset } = reason {
+                    exit.diverged.push((id, offset));
+                }
+                exit.reset.push((id, reason));
+            }
+        }
+    }
+    let announcing = takeover::announce(netlink, &addresses);
+    let took = started.elapsed();
+    exit.takeover = Some(took);
+    tracing::warn!(
+        took_ms = took.as_secs_f64() * 1e3,
+        restored = exit.restored.len(),
+        reset = exit.reset.len(),
+        "takeover complete"
+    );
+
+    // Serve the spliced connections until stop.
+    let mut probe_at = Some(std::time::Instant::now() + PROBE_DELAY);
+    while !stop.load(Ordering::SeqCst) {
+        if probe_at.is_some_and(|t| std::time::Instant::now() >= t) {
+            probe_at = None;
+            splices.probe_all();
+        }
+        let watching = watch.as_ref().is_some_and(watch::Watch::active);
+        if !watching {
+            watch = None;
+        }
+        let ended = splices.pump(if watching { WATCH_POLL } else { SERVE_POLL })?;
+        if let Some(w) = &mut watch {
+            w.observe(&mut splices);
+            for (id, seq) in splices.take_lost(AHEAD_GRACE) {
+                let reason = "the client is ahead of the backup: bytes the primary exchanged with it never reached the backup (async mode)";
+                match watch::send_reset(&id, seq) {
+                    Ok(()) => tracing::warn!(connection = %id, reason, "connection lost: reset"),
+                    Err(e) => {
+                        tracing::error!(connection = %id, reason, error = %e, "connection lost; sending the reset failed")
+                    }
+                }
+                exit.ended.push((id, Some(reason.to_string())));
+            }
+        }
+        for (id, end) in ended {
+            match end {
+                SpliceEnd::Closed => {
+                    tracing::info!(connection = %id, "spliced connection closed");
+                    exit.ended.push((id, None));
+                }
+                SpliceEnd::Diverged(offset) => {
+                    tracing::warn!(
+                        connection = %id,
+                        offset,
+                        "connection diverged after takeover: reset"
+                    );
+                    exit.diverged.push((id, offset));
+                    exit.ended
+                        .push((id, Some(format!("diverged at offset {offset}"))));
+                }
+                SpliceEnd::Failed(reason) => {
+                    tracing::warn!(connection = %id, %reason, "spliced connection lost");
+                    exit.ended.push((id, Some(reason)));
+                }
+            }
+        }
+    }
+    exit.still_spliced = splices.len();
+    if let Some(a) = announcing {
+        let _ = a.join();
+    }
+    tracing::info!(still_spliced = exit.still_spliced, "backup agent stopped");
+    Ok(exit)
+}
+
+/// The distinct service addresses, checked against the prefix length.
+fn service_addresses(options: &BackupOptions) -> Result<Vec<IpAddr>, BackupError> {
+    if options.services.is_empty() {
+        return Err(BackupError::NoServices);
+    }
+    let mut addresses: Vec<IpAddr> = options.services.iter().map(|s| s.ip()).collect();
+    addresses.sort();
+    addresses.dedup();
+    for &address in &addresses {
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        if options.service_prefix_len > max {
+            return Err(BackupError::PrefixLength {
+                address,
+                prefix_len: options.service_prefix_len,
+            });
+        }
+    }
+    Ok(addresses)
+}
+
+/// Logs the replication link's errors and the protocol's reports since the last call.
+fn log_link(service: &BackupService) {
+    let (errors, dropped) = service.take_errors();
+    for e in errors {
+        tracing::warn!(error = %e, "replication link");
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, "replication link errors not shown");
+    }
+    for report in service.take_reports() {
+        tracing::info!(?report, "replication");
+    }
+}

@@ -1,1 +1,114 @@
-//! The primary agent (being written).
+//! The primary agent: captures the service's traffic, tracks every connection, replicates the
+//! events to the backup, and (sync mode) commits output only once the backup holds it.
+//!
+//! The service daemon on the primary is untouched: the agent only watches its segments and,
+//! in sync mode, delays the outgoing ones.
+//!
+//! - **Sync mode** ([`CommitMode::Sync`], the default): one NFQUEUE queue receives the
+//!   service's incoming segments (INPUT, accepted right after tracking) and its outgoing
+//!   segments (OUTPUT, held). Each outgoing segment waits in a
+//!   [`cttm_core::commit::OutputCommit`] gate until the backup acknowledged every client
+//!   byte the segment acknowledges and every server byte up to its end (a SYN-ACK: until the
+//!   backup holds the handshake), then leaves, in order per connection, in batches. Nothing
+//!   the client has seen can be unknown to the backup. When the backup is unreachable the
+//!   segments stay held (the kernel queue bounds them; TCP retransmits past it).
+//! - **Async mode** ([`CommitMode::Async`]): AF_PACKET capture on the service interface; no
+//!   segment is held. The [`PrimaryStatus`] reports, per connection, the bytes a crash now
+//!   would lose (those the backup does not hold yet).
+//!
+//! Either way: frames the capture dropped make every open connection unsafe (never restored
+//! with a hole); closed connections are forgotten on both sides after the tracker's linger
+//! time; the replication link (Noise, pre-shared key, `SO_MARK` = the queue's bypass mark)
+//! reconnects by itself. One log line per connection protected, unprotected or closed.
+
+mod agent;
+mod async_mode;
+mod error;
+mod status;
+mod sync_mode;
+
+pub use error::PrimaryError;
+pub use status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
+
+use crate::options::{CommitMode, PrimaryOptions};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// What a primary agent run did, reported when it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrimaryExit {
+    /// The output-commit mode it ran in.
+    pub mode: CommitMode,
+    /// Segments of service connections tracked (both directions).
+    pub segments: u64,
+    /// Connections opened (handshake seen or picked up mid-stream).
+    pub connections: u64,
+    /// Outgoing packets held by output commit (sync mode).
+    pub held: u64,
+    /// Held packets released because the backup acknowledged what they reveal.
+    pub released: u64,
+    /// Held packets released without that, because their connection ended or became
+    /// unprotectable, or because the agent stopped.
+    pub released_unprotected: u64,
+    /// Packets accepted at once (incoming segments, packets of unprotected connections).
+    pub passed: u64,
+    /// Frames the capture reported dropped.
+    pub dropped_frames: u64,
+    /// Tracker events not queued for the backup because its queue was full (their
+    /// connections became unprotected until resent whole).
+    pub unprotected_messages: u64,
+}
+
+impl Default for PrimaryExit {
+    fn default() -> Self {
+        PrimaryExit {
+            mode: CommitMode::Sync,
+            segments: 0,
+            connections: 0,
+            held: 0,
+            released: 0,
+            released_unprotected: 0,
+            passed: 0,
+            dropped_frames: 0,
+            unprotected_messages: 0,
+        }
+    }
+}
+
+/// Runs the primary agent until `stop` is set. The capture (and, in sync mode, the queue
+/// rules) is set up in the calling thread's network namespace.
+pub fn run_primary(
+    options: PrimaryOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<PrimaryExit, PrimaryError> {
+    run_primary_monitored(options, stop, PrimaryMonitor::new())
+}
+
+/// [`run_primary`], publishing its status to `monitor` while it runs.
+pub fn run_primary_monitored(
+    options: PrimaryOptions,
+    stop: Arc<AtomicBool>,
+    monitor: PrimaryMonitor,
+) -> Result<PrimaryExit, PrimaryError> {
+    if options.services.is_empty() {
+        return Err(PrimaryError::NoServices);
+    }
+    tracing::info!(
+        mode = ?options.mode,
+        services = ?options.services,
+        backup = %options.backup,
+        "primary agent starting"
+    );
+    let exit = match options.mode {
+        CommitMode::Sync => sync_mode::run(&options, &stop, monitor),
+        CommitMode::Async => async_mode::run(&options, &stop, monitor),
+    }?;
+    tracing::info!(
+        segments = exit.segments,
+        connections = exit.connections,
+        held = exit.held,
+        released = exit.released,
+        "primary agent stopped"
+    );
+    Ok(exit)
+}

@@ -1,0 +1,601 @@
+//! After takeover: each restored socket spliced to its shadow session, both ways, with large
+//! user-space buffers and `poll(2)`.
+//!
+//! - client → standby: first the client bytes the shadow had not written yet, then what the
+//!   restored socket delivers, skipping the bytes the shadow already had (the restored
+//!   receive queue starts at the first byte the shadow did not consume, and the client
+//!   retransmits what the primary had not acknowledged).
+//! - standby → client: the standby's bytes below the primary's last sent offset are compared
+//!   with the primary's (already in the restored send queue) and dropped; the rest is written
+//!   to the restored socket.
+
+use super::shadow::{Comparison, READ_CHUNK};
+use cttm_core::endpoint::ConnectionId;
+use cttm_core::seq::SeqNumber;
+use cttm_core::wire::SegmentRepr;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// `TCP_REPAIR` values (kernel `include/uapi/linux/tcp.h`; not in the `libc` crate).
+const TCP_REPAIR_ON: libc::c_int = 1;
+/// Leaves repair mode and sends a window probe (`tcp_send_window_probe`).
+const TCP_REPAIR_OFF: libc::c_int = 0;
+
+/// Makes the peer of an established socket answer at once: repair mode on and off again,
+/// which sends a window probe (a segment one byte before `SND.UNA`, net/ipv4/tcp.c), that
+/// the peer acknowledges with its current `SND.NXT` and `RCV.NXT`. Needs `CAP_NET_ADMIN`.
+fn send_window_probe(socket: &TcpStream) -> io::Result<()> {
+    for value in [TCP_REPAIR_ON, TCP_REPAIR_OFF] {
+        // SAFETY: `value` is a live `c_int` whose size is passed as the option length, and
+        // the descriptor is an open TCP socket borrowed for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_TCP,
+                libc::TCP_REPAIR,
+                std::ptr::from_ref(&value).cast(),
+                libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+                    .unwrap_or(libc::socklen_t::MAX),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The most bytes buffered per direction of a spliced connection before reading pauses.
+const BUFFER_LIMIT: usize = 4 << 20;
+
+/// True for the error of a nonblocking call that would have waited.
+pub(crate) fn is_would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Sockets to wait on with `poll(2)`.
+#[derive(Debug, Default)]
+pub(crate) struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// Waits for `socket` to be readable (`read`) and/or writable (`write`).
+    pub(crate) fn add(&mut self, socket: &TcpStream, read: bool, write: bool) {
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
+        if write {
+            events |= libc::POLLOUT;
+        }
+        self.fds.push(libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events,
+            revents: 0,
+        });
+    }
+
+    /// True when the `index`-th socket added was reported ready (or failed) by the last
+    /// [`wait`](Self::wait).
+    pub(crate) fn ready(&self, index: usize) -> bool {
+        self.fds.get(index).is_some_and(|p| p.revents != 0)
+    }
+
+    /// Waits until one socket is ready or `timeout` passed (sleeps when there is none).
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let nfds = libc::nfds_t::try_from(self.fds.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `fds` is an exclusively borrowed, initialised slice of `pollfd` that lives
+        // through the call, and `nfds` is its length; the file descriptors are open sockets
+        // borrowed from the caller.
+        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), nfds, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a spliced connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SpliceEnd {
+    /// Both directions finished.
+    Closed,
+    /// The standby's output differed from the primary's at this offset after takeover; the
+    /// client was sent a reset.
+    Diverged(u64),
+    /// A socket failed or was reset; the other side was reset too.
+    Failed(String),
+}
+
+/// One restored connection spliced to its shadow session.
+#[derive(Debug)]
+pub(crate) struct Splice {
+    pub(crate) id: ConnectionId,
+    client: TcpStream,
+    standby: TcpStream,
+    /// Client bytes waiting to be written to the standby.
+    to_standby: VecDeque<u8>,
+    /// Restored-socket bytes still to skip (the shadow already had them).
+    skip: u64,
+    /// The client's FIN is known and lies right after the bytes in `to_standby`.
+    client_fin_known: bool,
+    client_eof: bool,
+    standby_shut: bool,
+    /// Standby bytes waiting to be written to the client.
+    to_client: VecDeque<u8>,
+    compare: Comparison,
+    client_shut: bool,
+    /// Not served yet.
+    fresh: bool,
+    /// The client stream's first sequence number (client ISN + 1).
+    client_base: SeqNumber,
+    /// The server stream's first sequence number (server ISN + 1).
+    server_base: SeqNumber,
+    /// Client stream offset after the last byte read from the restored socket.
+    read_end: u64,
+    /// Server stream offset after the last byte handed to the restored socket.
+    sent_end: u64,
+    /// The client showed it is ahead of what this host holds, since when.
+    ahead: Option<ClientAhead>,
+}
+
+/// Evidence that the client is ahead of the restored socket: it acknowledged server bytes
+/// this host never sent, or sent client bytes beyond a hole this host cannot fill.
+#[derive(Clone, Copy, Debug)]
+struct ClientAhead {
+    /// First seen.
+    since: std::time::Instant,
+    /// Client offset the restored socket must read up to for the evidence to go away.
+    client: u64,
+    /// Server offset the restored socket must send up to.
+    server: u64,
+    /// The client's latest acknowledgement number: its `RCV.NXT`, the sequence number a
+    /// reset must carry to be accepted (RFC 5961 §3.2).
+    rcv_nxt: SeqNumber,
+}
+
+/// Where a splice starts, from the shadow session and the restored snapshot.
+#[derive(Debug)]
+pub(crate) struct SpliceStart {
+    /// The restored socket (connected, out of repair mode).
+    pub(crate) client: TcpStream,
+    /// The shadow session's connection to the standby.
+    pub(crate) standby: TcpStream,
+    /// Client bytes the shadow had not written to the standby yet.
+    pub(crate) pending_client: VecDeque<u8>,
+    /// Bytes at the start of the restored socket's stream the shadow already has.
+    pub(crate) skip: u64,
+    /// The client's FIN is known (after the pending bytes).
+    pub(crate) client_fin_known: bool,
+    /// The standby's write side is already shut.
+    pub(crate) standby_shut: bool,
+    /// The comparison so far.
+    pub(crate) compare: Comparison,
+    /// The client stream's first sequence number (client ISN + 1).
+    pub(crate) client_base: SeqNumber,
+    /// The server stream's first sequence number (server ISN + 1).
+    pub(crate) server_base: SeqNumber,
+    /// Client offset of the first byte the restored socket delivers.
+    pub(crate) client_from: u64,
+    /// Server offset of the first byte written to the restored socket (the primary's sent
+    /// end: bytes before it are in the restored send queue).
+    pub(crate) server_from: u64,
+}
+
+impl Splice {
+    pub(crate) fn start(id: ConnectionId, start: SpliceStart) -> io::Result<Splice> {
+        start.client.set_nonblocking(true)?;
+        start.client.set_nodelay(true)?;
+        start.standby.set_nonblocking(true)?;
+        let client_shut = start.compare.primary_fin();
+        let mut splice = Splice {
+            id,
+            client: start.client,
+            standby: start.standby,
+            to_standby: start.pending_client,
+            skip: start.skip,
+            client_fin_known: start.client_fin_known,
+            client_eof: false,
+            standby_shut: start.standby_shut,
+            to_client: VecDeque::new(),
+            compare: start.compare,
+            client_shut,
+            fresh: true,
+            client_base: start.client_base,
+            server_base: start.server_base,
+            read_end: start.client_from,
+            sent_end: start.server_from,
+            ahead: None,
+        };
+        splice
+            .to_client
+            .extend(splice.compare.take_beyond_primary());
+        Ok(splice)
+    }
+
+    fn interest(&self, polls: &mut PollSet) {
+        polls.add(
+            &self.client,
+            !self.client_eof && self.to_standby.len() < BUFFER_LIMIT,
+            !self.to_client.is_empty(),
+        );
+        polls.add(
+            &self.standby,
+            !self.compare.standby_eof() && self.to_client.len() < BUFFER_LIMIT,
+            !self.to_standby.is_empty(),
+        );
+    }
+
+    /// Moves what can move without waiting. `Some` when the connection is over.
+    fn step(&mut self, buf: &mut [u8]) -> Option<SpliceEnd> {
+        if let Err(e) = self.client_to_standby(buf) {
+            return Some(e);
+        }
+        if let Err(e) = self.standby_to_client(buf) {
+            return Some(e);
+        }
+        let done = self.client_eof
+            && self.standby_shut
+            && self.compare.standby_eof()
+            && self.to_client.is_empty()
+            && self.client_shut;
+        done.then_some(SpliceEnd::Closed)
+    }
+
+    fn client_to_standby(&mut self, buf: &mut [u8]) -> Result<(), SpliceEnd> {
+        while !self.client_eof && self.to_standby.len() < BUFFER_LIMIT {
+            match self.client.read(buf) {
+                Ok(0) => self.client_eof = true,
+                Ok(n) => {
+                    self.read_end += n as u64;
+                    let skip = usize::try_from(self.skip).unwrap_or(usize::MAX).min(n);
+                    self.skip -= skip as u64;
+                    if self.client_fin_known || self.standby_shut {
+                        // The client's FIN was already passed on (or is queued after the
+                        // pending bytes): whatever the restored queue delivers is known.
+                        continue;
+                    }
+                    self.to_standby.extend(&buf[skip..n]);
+                }
+                Err(e) if is_would_block(&e) => break,
+                Err(e) => return Err(SpliceEnd::Failed(format!("client socket: {e}"))),
+            }
+        }
+        while !self.to_standby.is_empty() {
+            let (front, _) = self.to_standby.as_slices();
+            match self.standby.write(front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.to_standby.drain(..n);
+                }
+                Err(e) if is_would_block(&e) => break,
+                Err(e) => return Err(SpliceEnd::Failed(format!("standby socket: {e}"))),
+            }
+        }
+        let fin_due = self.client_eof || self.client_fin_known;
+        if fin_due && self.to_standby.is_empty() && !self.standby_shut {
+            self.standby_shut = true;
+            self.standby
+                .shutdown(Shutdown::Write)
+                .map_err(|e| SpliceEnd::Failed(format!("standby shutdown: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn standby_to_client(&mut self, buf: &mut [u8]) -> Result<(), SpliceEnd> {
+        while !self.compare.standby_eof() && self.to_client.len() < BUFFER_LIMIT {
+            match self.standby.read(buf) {
+                Ok(0) => self.compare.set_standby_eof(),
+                Ok(n) if self.compare.passed_primary() => {
+                    // The common case after takeover: nothing left to compare.
+                    self.compare.forwarded(n);
+                    self.to_client.extend(&buf[..n]);
+                    continue;
+                }
+                Ok(n) => self.compare.push_standby(&buf[..n]),
+                Err(e) if is_would_block(&e) => break,
+                Err(e) => return Err(SpliceEnd::Failed(format!("standby socket: {e}"))),
+            }
+            self.compare.settle().map_err(SpliceEnd::Diverged)?;
+            let beyond = self.compare.take_beyond_primary();
+            self.to_client.extend(beyond);
+        }
+        while !self.to_client.is_empty() {
+            let (front, _) = self.to_client.as_slices();
+            match self.client.write(front) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.to_client.drain(..n);
+                    self.sent_end += n as u64;
+                }
+                Err(e) if is_would_block(&e) => break,
+                Err(e) => return Err(SpliceEnd::Failed(format!("client socket: {e}"))),
+            }
+        }
+        if self.compare.standby_eof() && self.to_client.is_empty() && !self.client_shut {
+            self.client_shut = true;
+            self.client
+                .shutdown(Shutdown::Write)
+                .map_err(|e| SpliceEnd::Failed(format!("client shutdown: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Takes note of a segment the client sent (seen by the capture after takeover).
+    fn observe(&mut self, segment: &SegmentRepr<'_>, now: std::time::Instant) {
+        if segment.flags.rst() || !segment.flags.ack() {
+            return;
+        }
+        let seq = segment.seq.unwrap_near(self.client_base, self.read_end);
+        let ack = segment.ack.unwrap_near(self.server_base, self.sent_end);
+        let (Some(seq), Some(ack)) = (seq, ack) else {
+            return;
+        };
+        // A FIN occupies one sequence number after the data (tolerated on both streams).
+        let client_ahead = seq > self.read_end + 1;
+        let server_ahead = ack > self.sent_end + 1;
+        if let Some(a) = &mut self.ahead {
+            a.rcv_nxt = segment.ack;
+        }
+        if !client_ahead && !server_ahead {
+            return;
+        }
+        let a = self.ahead.get_or_insert(ClientAhead {
+            since: now,
+            client: 0,
+            server: 0,
+            rcv_nxt: segment.ack,
+        });
+        if client_ahead {
+            a.client = a.client.max(seq);
+        }
+        if server_ahead {
+            a.server = a.server.max(ack);
+        }
+    }
+
+    /// The client's `RCV.NXT` when the client has been ahead of this host for `grace`
+    /// without the splice catching up (the backup lacks bytes the primary exchanged with the
+    /// client: they will never come).
+    fn lost(&mut self, now: std::time::Instant, grace: Duration) -> Option<SeqNumber> {
+        let a = self.ahead?;
+        if self.read_end + 1 >= a.client && self.sent_end + 1 >= a.server {
+            self.ahead = None;
+            return None;
+        }
+        (now.saturating_duration_since(a.since) >= grace).then_some(a.rcv_nxt)
+    }
+
+    /// Ends the connection abruptly: both sockets closed with a reset (`SO_LINGER` 0).
+    fn abort(self) {
+        for s in [&self.client, &self.standby] {
+            let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// Every spliced connection.
+#[derive(Debug)]
+pub(crate) struct SpliceSet {
+    splices: HashMap<ConnectionId, Splice>,
+    buf: Vec<u8>,
+}
+
+impl SpliceSet {
+    pub(crate) fn new() -> SpliceSet {
+        SpliceSet {
+            splices: HashMap::new(),
+            buf: vec![0; READ_CHUNK],
+        }
+    }
+
+    pub(crate) fn add(&mut self, splice: Splice) {
+        self.splices.insert(splice.id, splice);
+    }
+
+    /// Connections still spliced.
+    pub(crate) fn len(&self) -> usize {
+        self.splices.len()
+    }
+
+    /// Waits at most `timeout` for a socket to be ready, moves bytes, and returns the
+    /// connections that ended.
+    pub(crate) fn pump(&mut self, timeout: Duration) -> io::Result<Vec<(ConnectionId, SpliceEnd)>> {
+        let mut polls = PollSet::default();
+        let mut order = Vec::with_capacity(self.splices.len());
+        for s in self.splices.values() {
+            s.interest(&mut polls);
+            order.push(s.id);
+        }
+        polls.wait(timeout)?;
+        let mut ended = Vec::new();
+        // Each splice added two sockets, in order; a new splice is served once at least
+        // (its buffers may hold bytes from the shadow session).
+        for (i, id) in order.into_iter().enumerate() {
+            let Some(splice) = self.splices.get_mut(&id) else {
+                continue;
+            };
+            let ready = polls.ready(2 * i) || polls.ready(2 * i + 1);
+            if !ready && !splice.fresh {
+                continue;
+            }
+            splice.fresh = false;
+            if let Some(end) = splice.step(&mut self.buf) {
+                if let Some(splice) = self.splices.remove(&id)
+                    && end != SpliceEnd::Closed
+                {
+                    splice.abort();
+                }
+                ended.push((id, end));
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Makes every client answer at once (a window probe on each restored socket): after the
+    /// announcement its answer reaches this host and shows where it stands.
+    pub(crate) fn probe_all(&self) {
+        for s in self.splices.values() {
+            if let Err(e) = send_window_probe(&s.client) {
+                tracing::debug!(connection = %s.id, error = %e, "window probe failed");
+            }
+        }
+    }
+
+    /// Takes note of a segment seen by the capture after takeover (only segments from a
+    /// spliced connection's client count).
+    pub(crate) fn observe(&mut self, segment: &SegmentRepr<'_>, now: std::time::Instant) {
+        let id = ConnectionId {
+            client: segment.src,
+            server: segment.dst,
+        };
+        if let Some(splice) = self.splices.get_mut(&id) {
+            splice.observe(segment, now);
+        }
+    }
+
+    /// Removes (closing both sockets with a reset) the connections whose client has been
+    /// ahead of this host for `grace`, with the sequence number a reset to the client must
+    /// carry.
+    pub(crate) fn take_lost(&mut self, grace: Duration) -> Vec<(ConnectionId, SeqNumber)> {
+        let now = std::time::Instant::now();
+        let lost: Vec<_> = self
+            .splices
+            .values_mut()
+            .filter_map(|s| s.lost(now, grace).map(|seq| (s.id, seq)))
+            .collect();
+        for (id, _) in &lost {
+            if let Some(splice) = self.splices.remove(id) {
+                splice.abort();
+            }
+        }
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A connected pair on loopback: (our end, the peer's end).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (ours, peer)
+    }
+
+    /// Pumps until `peer` can read `n` bytes (bounded), then reads them.
+    fn pump_and_read(set: &mut SpliceSet, peer: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        peer.set_nonblocking(true).unwrap();
+        for _ in 0..500 {
+            set.pump(Duration::from_millis(5)).unwrap();
+            if peer.peek(&mut v).is_ok_and(|k| k >= n) {
+                break;
+            }
+        }
+        peer.set_nonblocking(false).unwrap();
+        peer.read_exact(&mut v).unwrap();
+        v
+    }
+
+    /// Pumps until `done` or a bounded number of rounds.
+    fn pump_until(set: &mut SpliceSet, mut done: impl FnMut(&[(ConnectionId, SpliceEnd)]) -> bool) {
+        for _ in 0..200 {
+            let ended = set.pump(Duration::from_millis(10)).unwrap();
+            if done(&ended) {
+                return;
+            }
+        }
+        panic!("the splice did not get there");
+    }
+
+    fn id() -> ConnectionId {
+        ConnectionId {
+            client: "198.18.0.1:40000".parse().unwrap(),
+            server: "198.18.0.10:7000".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn skips_what_the_shadow_had_and_compares_before_forwarding() {
+        let (restored, mut client) = pair();
+        let (standby, mut daemon) = pair();
+        // The shadow wrote client bytes 0..2 and holds 2..5; the restored queue starts at 3.
+        // The primary sent "xy" that the standby has not produced yet.
+        let mut compare = Comparison::default();
+        compare.push_primary(0, b"xy").unwrap();
+        let start = SpliceStart {
+            client: restored,
+            standby,
+            pending_client: b"234".iter().copied().collect(),
+            skip: 2,
+            client_fin_known: false,
+            standby_shut: false,
+            compare,
+            client_base: SeqNumber(1000),
+            server_base: SeqNumber(5000),
+            client_from: 3,
+            server_from: 2,
+        };
+        let mut set = SpliceSet::new();
+        set.add(Splice::start(id(), start).unwrap());
+        client.write_all(b"34567").unwrap();
+        daemon.write_all(b"xyZZ").unwrap();
+        assert_eq!(pump_and_read(&mut set, &mut daemon, 6), b"234567");
+        // Only the bytes beyond the primary's reach the client ("xy" is already in the
+        // restored send queue).
+        assert_eq!(pump_and_read(&mut set, &mut client, 2), b"ZZ");
+        // Both close: the splice ends cleanly.
+        client.shutdown(Shutdown::Write).unwrap();
+        daemon.write_all(b"bye").unwrap();
+        daemon.shutdown(Shutdown::Write).unwrap();
+        pump_until(&mut set, |ended| ended == [(id(), SpliceEnd::Closed)]);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"bye");
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn a_difference_after_takeover_resets_the_client() {
+        let (restored, mut client) = pair();
+        let (standby, mut daemon) = pair();
+        let mut compare = Comparison::default();
+        compare.push_primary(0, b"hello").unwrap();
+        let start = SpliceStart {
+            client: restored,
+            standby,
+            pending_client: VecDeque::new(),
+            skip: 0,
+            client_fin_known: false,
+            standby_shut: false,
+            compare,
+            client_base: SeqNumber(1000),
+            server_base: SeqNumber(5000),
+            client_from: 3,
+            server_from: 2,
+        };
+        let mut set = SpliceSet::new();
+        set.add(Splice::start(id(), start).unwrap());
+        daemon.write_all(b"help!").unwrap();
+        pump_until(&mut set, |ended| ended == [(id(), SpliceEnd::Diverged(3))]);
+        let mut buf = [0; 8];
+        let e = client.read(&mut buf).expect_err("the client is reset");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+}

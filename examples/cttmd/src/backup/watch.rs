@@ -1,0 +1,93 @@
+//! The first moments after takeover: a capture of the service's traffic shows, per restored
+//! connection, whether the client is ahead of what this host holds. In async mode the
+//! primary may have exchanged bytes with the client that never reached the backup: the
+//! client then acknowledges server bytes this host never sent (the restored socket drops
+//! those segments as acknowledging unsent data) or waits for answers to client bytes the
+//! primary acknowledged and this host never received. Such a connection would hang; once the
+//! splice has not caught up within a grace period, it is ended with a reset carrying the
+//! client's own `RCV.NXT` (taken from its acknowledgements), which the client accepts
+//! (RFC 9293 §3.10.7.4, RFC 5961 §3.2).
+
+use super::splice::SpliceSet;
+use cttm_capture::CaptureSource;
+use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource};
+use cttm_core::endpoint::{ConnectionId, ServiceSet};
+use cttm_core::seq::SeqNumber;
+use cttm_core::wire::{LinkType, SegmentRepr, TcpFlags, TcpOptions, emit_frame, parse_frame};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Watches client segments of the restored connections for a while after takeover.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    source: AfPacketSource,
+    until: Instant,
+}
+
+impl Watch {
+    /// Starts capturing the services' segments on `interface` (in the calling thread's
+    /// network namespace) for `duration`. `None` (logged) when the capture cannot be opened:
+    /// the takeover goes on without the check.
+    pub(crate) fn open(interface: &str, services: ServiceSet, duration: Duration) -> Option<Watch> {
+        match AfPacketSource::open(AfPacketConfig::new(interface, services)) {
+            Ok(source) => Some(Watch {
+                source,
+                until: Instant::now() + duration,
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot watch the clients after takeover; connections the backup fell behind on may hang"
+                );
+                None
+            }
+        }
+    }
+
+    /// True while the watch lasts.
+    pub(crate) fn active(&self) -> bool {
+        Instant::now() < self.until
+    }
+
+    /// Hands every segment captured since the last call to the splices (without waiting).
+    pub(crate) fn observe(&mut self, splices: &mut SpliceSet) {
+        let now = Instant::now();
+        let result = self.source.read_batch(Duration::ZERO, &mut |frame| {
+            if let Ok(segment) = parse_frame(frame.link, frame.data) {
+                splices.observe(&segment, now);
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "capture after takeover failed; the watch ends");
+            self.until = now;
+        }
+    }
+}
+
+/// Sends the client of `id` a reset with sequence number `seq` (its `RCV.NXT`), from the
+/// service address, through a raw IP socket.
+pub(crate) fn send_reset(id: &ConnectionId, seq: SeqNumber) -> io::Result<()> {
+    let segment = SegmentRepr {
+        src: id.server,
+        dst: id.client,
+        seq,
+        ack: SeqNumber(0),
+        flags: TcpFlags::RST,
+        window: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    let packet = emit_frame(LinkType::RawIp, &segment)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let domain = match id.client {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    // IPPROTO_RAW: the packet carries its own IP header (raw(7), IP_HDRINCL implied).
+    let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+    let destination = SockAddr::from(SocketAddr::new(id.client.ip(), 0));
+    socket.send_to(&packet, &destination)?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The part both modes share: the tracker, the replication service, the logs, and the
+//! periodic housekeeping.
+
+use super::PrimaryExit;
+use super::status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
+use crate::options::{CommitMode, PrimaryOptions};
+use cttm_core::commit::BackupHolds;
+use cttm_core::event::UnsafeReason;
+use cttm_core::record::ConnectionRecord;
+use cttm_core::{
+    ConnectionEvent, ConnectionId, EventKind, Instant, MessageV1, ReplicaConfig,
+    ReplicationMessage, SegmentRepr, ServiceEndpoint, ServiceSet, Tracker, TrackerConfig,
+};
+use cttm_replicate::transport::tcp::{TcpConfig, TcpPrimaryTransport};
+use cttm_replicate::{
+    PreSharedKey, PrimaryConfig, PrimaryReport, PrimaryService, Security, Submitted,
+};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How often the tracker and the replication state are tidied (closed connections
+/// forgotten, reports logged).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the published status is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The time now as the capture sources give it: microseconds since the Unix epoch.
+pub(super) fn epoch_now() -> Instant {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The service set of the options.
+pub(super) fn service_set(options: &PrimaryOptions) -> ServiceSet {
+    ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new))
+}
+
+/// Starts replication to the backup over the authenticated TCP link. Its sockets carry
+/// `mark` (`SO_MARK`), so the NFQUEUE rules never hold the agent's own traffic.
+pub(super) fn start_replication(options: &PrimaryOptions, mark: u32) -> PrimaryService {
+    let mut tcp = TcpConfig::new(
+        Security::Noise(PreSharedKey::new(options.key)),
+        service_set(options),
+    );
+    tcp.mark = Some(mark);
+    let transport = TcpPrimaryTransport::new(tcp, options.backup);
+    let config = PrimaryConfig {
+        max_retained_bytes: options.retention_limit,
+        heartbeat_interval: options.heartbeat.interval,
+        failure_misses: options.heartbeat.misses,
+        // The primary's copy must keep client bytes as the backup's replica does.
+        client_retention: ReplicaConfig::default().client_retention,
+        ..PrimaryConfig::default()
+    };
+    PrimaryService::start(config, cttm_replicate::random_epoch(), Arc::new(transport))
+}
+
+/// Tracker, replication and bookkeeping of one agent run.
+pub(super) struct Agent {
+    pub(super) tracker: Tracker,
+    pub(super) service: PrimaryService,
+    mode: CommitMode,
+    events: Vec<ConnectionEvent>,
+    pub(super) stats: PrimaryExit,
+    /// Opened connections whose handshake the backup has not acknowledged yet.
+    awaiting_protection: HashSet<ConnectionId>,
+    drops_seen: u64,
+    link_up: bool,
+    last_housekeeping: std::time::Instant,
+    last_status: Option<std::time::Instant>,
+    monitor: PrimaryMonitor,
+}
+
+impl Agent {
+    pub(super) fn new(
+        options: &PrimaryOptions,
+        service: PrimaryService,
+        monitor: PrimaryMonitor,
+    ) -> Agent {
+        // The primary ships client bytes once; its tracker drops them when acknowledged.
+        let tracker = Tracker::new(TrackerConfig::new(service_set(options)));
+        Agent {
+            tracker,
+            service,
+            mode: options.mode,
+            events: Vec::new(),
+            stats: PrimaryExit {
+                mode: options.mode,
+                ..PrimaryExit::default()
+            },
+            awaiting_protection: HashSet::new(),
+            drops_seen: 0,
+            link_up: false,
+            last_housekeeping: std::time::Instant::now(),
+            last_status: None,
+            monitor,
+        }
+    }
+
+    /// Tracks one parsed segment; its events wait for [`Agent::ship`].
+    pub(super) fn track(&mut self, at: Instant, segment: &SegmentRepr<'_>) {
+        self.stats.segments += 1;
+        self.tracker.on_segment(at, segment, &mut self.events);
+    }
+
+    /// What the backup holds of a connection, for the output-commit gate.
+    pub(super) fn backup_holds(&self, id: &ConnectionId) -> Option<BackupHolds> {
+        self.service.acknowledged(id).map(|o| BackupHolds {
+            client: o.client,
+            server: o.server,
+        })
+    }
+
+    /// The capture reported `dropped` frames lost so far: if that rose, any connection may
+    /// have a hole, so every one becomes unsafe (never restored with wrong bytes).
+    pub(super) fn on_capture_drops(&mut self, dropped: u64) {
+        if dropped > self.drops_seen {
+            if self.mode == CommitMode::Sync {
+                // NFQUEUE without fail-open: a packet the queue dropped never reached the
+                // socket or the wire either (TCP retransmits it), so the tracker saw every
+                // segment the connection really carried and no stream has a hole.
+                let frames = dropped - self.drops_seen;
+                self.drops_seen = dropped;
+                self.stats.dropped_frames += frames;
+                tracing::debug!(frames, "queue full: packets dropped, TCP retransmits them");
+                return;
+            }
+            let frames = dropped - self.drops_seen;
+            self.drops_seen = dropped;
+            tracing::warn!(
+                frames,
+                "capture dropped frames: every open connection is now unprotected"
+            );
+            self.stats.dropped_frames += frames;
+            let reason = UnsafeReason::CaptureDrops { frames };
+            self.tracker
+                .mark_all_unsafe(epoch_now(), reason, &mut self.events);
+        }
+    }
+
+    /// Logs the events tracked since the last call and submits them for replication.
+    pub(super) fn ship(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        for e in &events {
+            self.log_event(e);
+        }
+        let messages = events
+            .into_iter()
+            .map(|e| ReplicationMessage::V1(MessageV1::Event(e)));
+        match self.service.submit_all(messages) {
+            Ok(submitted) => {
+                let unprotected = submitted
+                    .iter()
+                    .filter(|s| matches!(s, Submitted::Unprotected))
+                    .count();
+                self.stats.unprotected_messages += unprotected as u64;
+            }
+            // The tracker's own events always fit the primary's copy; if not, the
+            // connection is resent whole later, so this is worth a log, not a stop.
+            Err(e) => tracing::error!(error = %e, "replication refused the tracker's events"),
+        }
+    }
+
+    fn log_event(&mut self, e: &ConnectionEvent) {
+        match &e.kind {
+            EventKind::Opened(h) => {
+                self.stats.connections += 1;
+                if h.mid_stream {
+                    tracing::warn!(connection = %e.id, "connection picked up mid-stream: unprotected (options unknown)");
+                } else {
+                    tracing::debug!(connection = %e.id, "connection opened");
+                    self.awaiting_protection.insert(e.id);
+                }
+            }
+            EventKind::Unsafe(reason) => {
+                self.awaiting_protection.remove(&e.id);
+                tracing::warn!(connection = %e.id, ?reason, "connection unprotected: it can no longer be restored");
+            }
+            EventKind::Closed(how) => {
+                self.awaiting_protection.remove(&e.id);
+                tracing::info!(connection = %e.id, ?how, "connection closed");
+            }
+            _ => {}
+        }
+    }
+
+    /// Periodic work: protection and link changes logged, closed connections forgotten,
+    /// the status refreshed. `held` reports the packets held per connection (sync mode).
+    pub(super) fn housekeeping(
+        &mut self,
+        held: &dyn Fn(&ConnectionId) -> usize,
+        held_total: usize,
+    ) {
+        if !self.awaiting_protection.is_empty() {
+            let service = &self.service;
+            self.awaiting_protection.retain(|id| {
+                let protected = service.acknowledged(id).is_some();
+                if protected {
+                    tracing::info!(connection = %id, "connection protected: the backup holds it");
+                }
+                !protected
+            });
+        }
+        let due_status = self
+            .last_status
+            .is_none_or(|t| t.elapsed() >= STATUS_INTERVAL);
+        if due_status {
+            self.publish_status(held, held_total);
+        }
+        if self.last_housekeeping.elapsed() < HOUSEKEEPING_INTERVAL {
+            return;
+        }
+        self.last_housekeeping = std::time::Instant::now();
+        let link_up = self.service.link_up();
+        if link_up != self.link_up {
+            self.link_up = link_up;
+            if link_up {
+                tracing::info!("replication link to the backup is up");
+            } else {
+                tracing::warn!("replication link to the backup is down");
+            }
+        }
+        for report in self.service.take_reports() {
+            match report {
+                PrimaryReport::Unprotected(id, reason) => {
+                    tracing::warn!(connection = %id, ?reason, "connection unprotected: the backup does not hold it")
+                }
+                PrimaryReport::Reprotected(id) => {
+                    tracing::info!(connection = %id, "connection protected again: its whole record is on its way")
+                }
+                PrimaryReport::Resynchronised { full, from } => {
+                    tracing::info!(full, from, "backup resynchronised")
+                }
+            }
+        }
+        let (errors, discarded) = self.service.take_errors();
+        for e in errors {
+            tracing::warn!(error = %e, "replication link error");
+        }
+        if discarded > 0 {
+            tracing::warn!(discarded, "replication link errors discarded");
+        }
+        // Closed connections linger in the tracker (TIME-WAIT); once it forgets them, the
+        // backup is told to forget them too.
+        let now = epoch_now();
+        self.tracker.poll(now);
+        let linger = self.tracker.config().closed_linger;
+        let cutoff = Instant::from_micros(
+            now.micros()
+                .saturating_sub(u64::try_from(linger.as_micros()).unwrap_or(u64::MAX)),
+        );
+        let forgotten = self.service.forget_closed(cutoff);
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "closed connections forgotten");
+        }
+    }
+
+    /// Publishes the status now.
+    pub(super) fn publish_status(
+        &mut self,
+        held: &dyn Fn(&ConnectionId) -> usize,
+        held_total: usize,
+    ) {
+        self.last_status = Some(std::time::Instant::now());
+        let mut connections: Vec<ConnectionStatus> = self
+            .tracker
+            .records()
+            .map(|r: &ConnectionRecord| {
+                ConnectionStatus::of(r, self.service.acknowledged(&r.id()), held(&r.id()))
+            })
+            .collect();
+        connections.sort_by_key(|c| c.id);
+        let stats = self.stats;
+        self.monitor.publish(PrimaryStatus {
+            mode: self.mode,
+            link_up: self.service.link_up(),
+            connections,
+            held_packets: held_total,
+            stats,
+        });
+    }
+}

@@ -1,0 +1,115 @@
+//! What the primary agent reports while it runs: per connection, what the backup holds and
+//! how many bytes a crash now would lose.
+
+use crate::options::CommitMode;
+use cttm_core::ConnectionId;
+use cttm_core::event::{Side, UnsafeReason};
+use cttm_core::record::ConnectionRecord;
+use cttm_replicate::AckedOffsets;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// One protected (or formerly protected) connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// The connection.
+    pub id: ConnectionId,
+    /// Client bytes the server acknowledged (the client will never send them again).
+    pub client_acked: u64,
+    /// Server bytes sent (the end of the server's stream as captured).
+    pub server_sent: u64,
+    /// What the backup acknowledged holding; `None` when it holds nothing of the connection
+    /// (not replicated yet, or unprotected).
+    pub backup: Option<AckedOffsets>,
+    /// Client bytes the server acknowledged that the backup does not hold: a crash now
+    /// would lose them (async mode; zero in sync mode once the held segments are out).
+    pub client_at_risk: u64,
+    /// Server bytes sent that the backup does not hold.
+    pub server_at_risk: u64,
+    /// Why the connection cannot be restored, if it cannot.
+    pub unsafe_reason: Option<UnsafeReason>,
+    /// The connection ended.
+    pub closed: bool,
+    /// Outgoing packets of the connection held now (sync mode).
+    pub held_packets: usize,
+}
+
+impl ConnectionStatus {
+    /// The status of `record` given what the backup holds of it.
+    pub fn of(record: &ConnectionRecord, backup: Option<AckedOffsets>, held: usize) -> Self {
+        let client = record.stream(Side::Client);
+        let server = record.stream(Side::Server);
+        // A FIN occupies one sequence offset but is not a byte (RFC 9293 §3.4).
+        let client_acked = client.acked().min(client.received_end());
+        let server_sent = server.received_end();
+        let holds = backup.unwrap_or_default();
+        ConnectionStatus {
+            id: record.id(),
+            client_acked,
+            server_sent,
+            backup,
+            client_at_risk: client_acked.saturating_sub(holds.client),
+            server_at_risk: server_sent.saturating_sub(holds.server),
+            unsafe_reason: record.unsafe_reason(),
+            closed: record.closed().is_some(),
+            held_packets: held,
+        }
+    }
+
+    /// Bytes a crash now would lose, both directions.
+    pub fn at_risk(&self) -> u64 {
+        self.client_at_risk + self.server_at_risk
+    }
+}
+
+/// A snapshot of the primary agent's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryStatus {
+    /// The output-commit mode.
+    pub mode: CommitMode,
+    /// The replication link to the backup is up.
+    pub link_up: bool,
+    /// Every tracked connection, ordered by identity.
+    pub connections: Vec<ConnectionStatus>,
+    /// Outgoing packets held now (sync mode).
+    pub held_packets: usize,
+    /// The running counters.
+    pub stats: super::PrimaryExit,
+}
+
+impl PrimaryStatus {
+    /// The status of one connection.
+    pub fn connection(&self, id: &ConnectionId) -> Option<&ConnectionStatus> {
+        self.connections.iter().find(|c| c.id == *id)
+    }
+
+    /// Bytes a crash now would lose, over every connection.
+    pub fn at_risk(&self) -> u64 {
+        self.connections.iter().map(ConnectionStatus::at_risk).sum()
+    }
+}
+
+/// A handle on a running primary agent's status: give a clone to
+/// [`run_primary_monitored`](super::run_primary_monitored) and call
+/// [`status`](PrimaryMonitor::status) from any thread. The agent refreshes it every few
+/// milliseconds while it runs and once more when it stops.
+#[derive(Clone, Debug, Default)]
+pub struct PrimaryMonitor {
+    status: Arc<Mutex<Option<PrimaryStatus>>>,
+}
+
+impl PrimaryMonitor {
+    /// A monitor no agent has reported to yet.
+    pub fn new() -> Self {
+        PrimaryMonitor::default()
+    }
+
+    /// The latest status; `None` until the agent is running.
+    pub fn status(&self) -> Option<PrimaryStatus> {
+        self.status.lock().clone()
+    }
+
+    pub(super) fn publish(&self, status: PrimaryStatus) {
+        *self.status.lock() = Some(status);
+    }
+}

@@ -1,0 +1,622 @@
+//! Config files and flags: every key, every default, flag override, and every error path
+//! (each error must name the key and say what to write).
+
+use cttmd::config::{ConfigError, backup_options, key_to_hex, parse_key_hex, primary_options};
+use cttmd::options::CommitMode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+fn key_bytes() -> [u8; 32] {
+    std::array::from_fn(|i| i as u8)
+}
+
+/// A directory of this test process, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cttmd-config-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> String {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).expect("write");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn primary_err(a: &[&str]) -> String {
+    primary_options(&args(a))
+        .expect_err("must fail")
+        .to_string()
+}
+
+fn backup_err(a: &[&str]) -> String {
+    backup_options(&args(a)).expect_err("must fail").to_string()
+}
+
+#[test]
+fn primary_from_flags_only_gets_documented_defaults() {
+    let o = primary_options(&args(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "198.18.0.3:7700",
+        "--key",
+        KEY,
+    ]))
+    .expect("valid");
+    assert_eq!(o.services, vec![addr("198.18.0.10:7000")]);
+    assert_eq!(o.backup, addr("198.18.0.3:7700"));
+    assert_eq!(o.key, key_bytes());
+    assert_eq!(o.interface, "eth0");
+    assert_eq!(o.mode, CommitMode::Sync);
+    assert_eq!(o.heartbeat.interval, Duration::from_millis(100));
+    assert_eq!(o.heartbeat.misses, 3);
+    assert_eq!(o.retention_limit, 64 * 1024 * 1024);
+    assert_eq!(o.queue, 0);
+}
+
+#[test]
+fn primary_file_sets_every_key_and_flags_override_it() {
+    let dir = TempDir::new();
+    let file = dir.file(
+        "primary.toml",
+        format!(
+            r#"
+service = ["198.18.0.10:7000", "[2001:db8::10]:7000"]
+interface = "veth7"
+backup = "198.18.0.3:7700"
+key = "{KEY}"
+mode = "async"
+heartbeat_interval_ms = 50
+heartbeat_misses = 7
+retention_limit = 1000000
+queue = 12
+"#
+        )
+        .as_bytes(),
+    );
+    let o = primary_options(&args(&["--config", &file])).expect("file alone");
+    assert_eq!(
+        o.services,
+        vec![addr("198.18.0.10:7000"), addr("[2001:db8::10]:7000")]
+    );
+    assert_eq!(o.interface, "veth7");
+    assert_eq!(o.mode, CommitMode::Async);
+    assert_eq!(o.heartbeat.interval, Duration::from_millis(50));
+    assert_eq!(o.heartbeat.misses, 7);
+    assert_eq!(o.retention_limit, 1_000_000);
+    assert_eq!(o.queue, 12);
+    assert_eq!(o.key, key_bytes());
+
+    let o = primary_options(&args(&[
+        "--config",
+        &file,
+        "--service",
+        "198.18.0.20:80",
+        "--service=198.18.0.20:443",
+        "--interface",
+        "eth1",
+        "--backup",
+        "198.18.0.4:7701",
+        "--key",
+        OTHER_KEY,
+        "--mode",
+        "sync",
+        "--heartbeat-interval-ms",
+        "20",
+        "--heartbeat-misses",
+        "2",
+        "--retention-limit",
+        "4096",
+        "--queue",
+        "3",
+    ]))
+    .expect("flags over file");
+    assert_eq!(
+        o.services,
+        vec![addr("198.18.0.20:80"), addr("198.18.0.20:443")]
+    );
+    assert_eq!(o.interface, "eth1");
+    assert_eq!(o.backup, addr("198.18.0.4:7701"));
+    assert_eq!(o.key, parse_key_hex(OTHER_KEY).unwrap());
+    assert_eq!(o.mode, CommitMode::Sync);
+    assert_eq!(o.heartbeat.interval, Duration::from_millis(20));
+    assert_eq!(o.heartbeat.misses, 2);
+    assert_eq!(o.retention_limit, 4096);
+    assert_eq!(o.queue, 3);
+}
+
+#[test]
+fn backup_from_file_and_flags_with_defaults() {
+    let dir = TempDir::new();
+    dir.file("psk", format!("{KEY}\n").as_bytes());
+    let file = dir.file(
+        "backup.toml",
+        br#"
+service = "198.18.0.10:7000"
+listen = "198.18.0.3:7700"
+key_file = "psk"
+"#,
+    );
+    let o = backup_options(&args(&["--config", &file])).expect("file");
+    assert_eq!(o.services, vec![addr("198.18.0.10:7000")]);
+    assert_eq!(o.service_prefix_len, 24);
+    assert_eq!(o.interface, "eth0");
+    assert_eq!(o.listen, addr("198.18.0.3:7700"));
+    assert_eq!(o.key, key_bytes(), "key_file relative to the config file");
+    assert_eq!(o.standby, addr("127.0.0.1:7000"));
+    assert_eq!(o.heartbeat.interval, Duration::from_millis(100));
+    assert_eq!(o.heartbeat.misses, 3);
+    assert_eq!(o.announce_count, 3);
+
+    let raw_key = dir.file("raw", &[7u8; 32]);
+    let o = backup_options(&args(&[
+        "--config",
+        &file,
+        "--service",
+        "[2001:db8::10]:9000",
+        "--prefix-len",
+        "120",
+        "--interface",
+        "br-svc",
+        "--listen",
+        "[::]:7800",
+        "--key-file",
+        &raw_key,
+        "--standby",
+        "[::1]:9001",
+        "--heartbeat-interval-ms",
+        "10",
+        "--heartbeat-misses",
+        "9",
+        "--announce-count",
+        "0",
+    ]))
+    .expect("flags");
+    assert_eq!(o.services, vec![addr("[2001:db8::10]:9000")]);
+    assert_eq!(o.service_prefix_len, 120);
+    assert_eq!(o.interface, "br-svc");
+    assert_eq!(o.listen, addr("[::]:7800"));
+    assert_eq!(o.key, [7u8; 32]);
+    assert_eq!(o.standby, addr("[::1]:9001"));
+    assert_eq!(o.heartbeat.interval, Duration::from_millis(10));
+    assert_eq!(o.heartbeat.misses, 9);
+    assert_eq!(o.announce_count, 0);
+
+    // IPv6 defaults
+    let o = backup_options(&args(&["--service", "[2001:db8::10]:9000", "--key", KEY])).expect("v6");
+    assert_eq!(o.service_prefix_len, 64);
+    assert_eq!(o.standby, addr("[::1]:9000"));
+    assert_eq!(o.listen, addr("0.0.0.0:7700"));
+}
+
+#[test]
+fn the_example_config_files_are_valid() {
+    let here = env!("CARGO_MANIFEST_DIR");
+    let p = primary_options(&args(&["--config", &format!("{here}/primary.toml")]))
+        .expect("primary.toml");
+    let b =
+        backup_options(&args(&["--config", &format!("{here}/backup.toml")])).expect("backup.toml");
+    assert_eq!(p.key, b.key);
+    assert_eq!(p.services, b.services);
+    assert_eq!(p.backup.port(), b.listen.port());
+}
+
+#[test]
+fn flag_errors_name_the_flag() {
+    let e = primary_err(&["--frob", "1"]);
+    assert!(
+        e.contains("unknown argument \"--frob\" for `cttmd primary`"),
+        "{e}"
+    );
+    let e = backup_err(&["--queue", "1"]);
+    assert!(
+        e.contains("unknown argument \"--queue\" for `cttmd backup`"),
+        "{e}"
+    );
+    let e = primary_err(&["positional"]);
+    assert!(e.contains("unknown argument \"positional\""), "{e}");
+    let e = primary_err(&["--backup"]);
+    assert!(e.contains("flag --backup needs a value"), "{e}");
+    let e = primary_err(&["--mode", "sync", "--mode", "async"]);
+    assert!(e.contains("flag --mode given twice"), "{e}");
+    let e = primary_err(&["--config", "a", "--config", "b"]);
+    assert!(e.contains("flag --config given twice"), "{e}");
+}
+
+#[test]
+fn value_errors_name_the_key_the_origin_and_the_fix() {
+    let base = [
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "198.18.0.3:7700",
+        "--key",
+        KEY,
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        // later flags for the same key replace the base ones
+        for pair in extra.chunks(2) {
+            if let Some(i) = a.iter().position(|x| *x == pair[0]) {
+                a[i + 1] = pair[1];
+            } else {
+                a.extend_from_slice(pair);
+            }
+        }
+        primary_err(&a)
+    };
+    let e = with(&["--backup", "x"]);
+    assert!(
+        e.contains("key `backup` (flag --backup): expected ADDR:PORT like 198.18.0.3:7700"),
+        "{e}"
+    );
+    assert!(e.contains("got \"x\""), "{e}");
+    let e = with(&["--backup", "198.18.0.3:0"]);
+    assert!(e.contains("key `backup`") && e.contains("port 0"), "{e}");
+    let e = with(&["--backup", "0.0.0.0:7700"]);
+    assert!(
+        e.contains("key `backup`") && e.contains("not an address one can connect to"),
+        "{e}"
+    );
+    let e = with(&["--service", "nope"]);
+    assert!(
+        e.contains("key `service`") && e.contains("198.18.0.10:7000"),
+        "{e}"
+    );
+    let e = primary_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "198.18.0.3:7700",
+        "--key",
+        KEY,
+    ]);
+    assert!(
+        e.contains("key `service`") && e.contains("listed twice"),
+        "{e}"
+    );
+    let e = with(&["--key", "abcd"]);
+    assert!(
+        e.contains("key `key`") && e.contains("64 hex digits") && e.contains("got 4"),
+        "{e}"
+    );
+    let e = with(&["--key", &"zz".repeat(32)]);
+    assert!(e.contains("key `key`"), "{e}");
+    let e = with(&["--mode", "fast"]);
+    assert!(
+        e.contains("key `mode`") && e.contains("\"sync\" or \"async\", got \"fast\""),
+        "{e}"
+    );
+    let e = with(&["--heartbeat-interval-ms", "0"]);
+    assert!(
+        e.contains("key `heartbeat_interval_ms`") && e.contains("from 1 to 60000"),
+        "{e}"
+    );
+    let e = with(&["--heartbeat-misses", "-1"]);
+    assert!(e.contains("key `heartbeat_misses`"), "{e}");
+    let e = with(&["--retention-limit", "lots"]);
+    assert!(e.contains("key `retention_limit`"), "{e}");
+    let e = with(&["--queue", "65536"]);
+    assert!(
+        e.contains("key `queue`") && e.contains("from 0 to 65535"),
+        "{e}"
+    );
+    let e = with(&["--interface", "a/b"]);
+    assert!(
+        e.contains("key `interface`") && e.contains("like eth0"),
+        "{e}"
+    );
+    let e = with(&["--interface", "sixteen-chars-xx"]);
+    assert!(e.contains("key `interface`"), "{e}");
+
+    let e = backup_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--key",
+        KEY,
+        "--prefix-len",
+        "33",
+    ]);
+    assert!(
+        e.contains("key `prefix_len`") && e.contains("from 1 to 32"),
+        "{e}"
+    );
+    let e = backup_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--key",
+        KEY,
+        "--announce-count",
+        "101",
+    ]);
+    assert!(e.contains("key `announce_count`"), "{e}");
+    let e = backup_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--key",
+        KEY,
+        "--standby",
+        "127.0.0.1",
+    ]);
+    assert!(
+        e.contains("key `standby`") && e.contains("ADDR:PORT"),
+        "{e}"
+    );
+    let e = backup_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--key",
+        KEY,
+        "--listen",
+        "[::]",
+    ]);
+    assert!(e.contains("key `listen`"), "{e}");
+}
+
+#[test]
+fn missing_required_keys_say_how_to_give_them() {
+    let e = primary_err(&["--backup", "198.18.0.3:7700", "--key", KEY]);
+    assert!(
+        e.contains("key `service` is required") && e.contains("--service"),
+        "{e}"
+    );
+    let e = primary_err(&["--service", "198.18.0.10:7000", "--key", KEY]);
+    assert!(
+        e.contains("key `backup` is required") && e.contains("--backup"),
+        "{e}"
+    );
+    let e = primary_err(&[
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "198.18.0.3:7700",
+    ]);
+    assert!(
+        e.contains("key `key` is required") && e.contains("--key-file"),
+        "{e}"
+    );
+    let e = backup_err(&["--key", KEY]);
+    assert!(e.contains("key `service` is required"), "{e}");
+    let dir = TempDir::new();
+    let file = dir.file("empty-list.toml", b"service = []\n");
+    let e = backup_err(&["--config", &file, "--key", KEY]);
+    assert!(e.contains("key `service` is required"), "{e}");
+}
+
+#[test]
+fn file_errors_name_the_file_and_the_key() {
+    let dir = TempDir::new();
+    let e = primary_err(&["--config", &dir.0.join("absent.toml").to_string_lossy()]);
+    assert!(
+        e.contains("cannot read config file") && e.contains("absent.toml"),
+        "{e}"
+    );
+
+    let f = dir.file("syntax.toml", b"service = [\n");
+    let e = primary_err(&["--config", &f]);
+    assert!(
+        e.contains("config file") && e.contains("syntax.toml"),
+        "{e}"
+    );
+
+    let f = dir.file("unknown.toml", b"servce = \"198.18.0.10:7000\"\n");
+    let e = primary_err(&["--config", &f]);
+    assert!(e.contains("unknown field `servce`"), "{e}");
+
+    // a primary-only key in the backup's file
+    let f = dir.file("wrong-role.toml", b"queue = 3\n");
+    let e = backup_err(&["--config", &f]);
+    assert!(e.contains("unknown field `queue`"), "{e}");
+
+    let f = dir.file("type.toml", b"heartbeat_misses = \"three\"\n");
+    let e = primary_err(&["--config", &f]);
+    assert!(
+        e.contains("heartbeat_misses") && e.contains("invalid type"),
+        "{e}"
+    );
+
+    let f = dir.file("services-type.toml", b"service = 7000\n");
+    let e = primary_err(&["--config", &f]);
+    assert!(e.contains("service") && e.contains("ADDR:PORT"), "{e}");
+
+    let f = dir.file(
+        "bad-value.toml",
+        b"service = \"198.18.0.10:7000\"\nbackup = \"x\"\n",
+    );
+    let e = primary_err(&["--config", &f, "--key", KEY]);
+    assert!(
+        e.contains("key `backup` (in ") && e.contains("bad-value.toml"),
+        "{e}"
+    );
+    assert!(
+        e.contains("expected ADDR:PORT like 198.18.0.3:7700, got \"x\""),
+        "{e}"
+    );
+    // the flag fixes it
+    primary_options(&args(&[
+        "--config",
+        &f,
+        "--key",
+        KEY,
+        "--backup",
+        "198.18.0.3:7700",
+    ]))
+    .expect("flag overrides the bad file value");
+}
+
+#[test]
+fn key_and_key_file_errors() {
+    let dir = TempDir::new();
+    let base = [
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "198.18.0.3:7700",
+    ];
+    let run = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        primary_options(&args(&a))
+    };
+    let key_file = dir.file("k", KEY.as_bytes());
+    let e = run(&["--key", KEY, "--key-file", &key_file]).unwrap_err();
+    assert!(matches!(e, ConfigError::KeyTwice { .. }), "{e}");
+    assert!(e.to_string().contains("keep only one"));
+
+    let f = dir.file(
+        "both.toml",
+        format!("key = \"{KEY}\"\nkey_file = \"k\"\n").as_bytes(),
+    );
+    let e = run(&["--config", &f]).unwrap_err();
+    assert!(matches!(e, ConfigError::KeyTwice { .. }), "{e}");
+
+    // a key flag replaces the file's key_file (and the other way round)
+    let f = dir.file("kf.toml", b"key_file = \"absent\"\n");
+    assert_eq!(
+        run(&["--config", &f, "--key", OTHER_KEY]).unwrap().key,
+        parse_key_hex(OTHER_KEY).unwrap()
+    );
+    let f = dir.file("kk.toml", format!("key = \"{OTHER_KEY}\"\n").as_bytes());
+    assert_eq!(
+        run(&["--config", &f, "--key-file", &key_file]).unwrap().key,
+        key_bytes()
+    );
+
+    let e = run(&["--key-file", &dir.0.join("absent").to_string_lossy()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key `key_file` (flag --key-file): cannot read"),
+        "{e}"
+    );
+    let short = dir.file("short", b"0011");
+    let e = run(&["--key-file", &short]).unwrap_err().to_string();
+    assert!(
+        e.contains("key `key_file`")
+            && e.contains("holds 4 bytes")
+            && e.contains("exactly 32 raw bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_hex_round_trips() {
+    assert_eq!(parse_key_hex(KEY), Some(key_bytes()));
+    assert_eq!(
+        parse_key_hex(&format!("  {}\n", KEY.to_uppercase())),
+        Some(key_bytes())
+    );
+    assert_eq!(key_to_hex(&key_bytes()), KEY);
+    assert_eq!(parse_key_hex(&KEY[1..]), None);
+    assert_eq!(parse_key_hex(&format!("{}g", &KEY[1..])), None);
+}
+
+/// Runs the real `cttmd` binary; returns (exit code, stdout, stderr).
+fn cttmd(arguments: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cttmd"))
+        .args(arguments)
+        .output()
+        .expect("run cttmd");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_exits_2_with_a_usage_error_for_bad_arguments() {
+    let (code, _, err) = cttmd(&[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("a command is required") && err.contains("usage:"),
+        "{err}"
+    );
+    let (code, _, err) = cttmd(&["frobnicate"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown command \"frobnicate\""), "{err}");
+    let (code, _, err) = cttmd(&[
+        "primary",
+        "--service",
+        "198.18.0.10:7000",
+        "--backup",
+        "x",
+        "--key",
+        KEY,
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "key `backup` (flag --backup): expected ADDR:PORT like 198.18.0.3:7700, got \"x\""
+        ),
+        "{err}"
+    );
+    let (code, _, err) = cttmd(&["backup", "--config", "/nonexistent/backup.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("cannot read config file /nonexistent/backup.toml"),
+        "{err}"
+    );
+    let (code, _, err) = cttmd(&["demo", "--connections", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--connections") && err.contains("usage: cttmd demo"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_binary_prints_help_for_each_command() {
+    let (code, out, _) = cttmd(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("cttmd primary") && out.contains("cttmd demo"),
+        "{out}"
+    );
+    let (code, out, _) = cttmd(&["primary", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("--retention-limit") && out.contains("--mode sync|async"),
+        "{out}"
+    );
+    let (code, out, _) = cttmd(&["backup", "-h"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("--standby") && out.contains("--announce-count"),
+        "{out}"
+    );
+    let (code, out, _) = cttmd(&["demo", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("--seconds"), "{out}");
+}
