@@ -46,7 +46,10 @@ pub fn feed_tracker(
     let mut last_at = None;
     let frames = source.read_batch(timeout, &mut |frame| {
         last_at = Some(frame.at);
-        if tracker.on_frame(frame.at, frame.link, frame.data, out).is_err() {
+        if tracker
+            .on_frame(frame.at, frame.link, frame.data, out)
+            .is_err()
+        {
             outcome.skipped += 1;
         }
     })?;
@@ -57,7 +60,9 @@ pub fn feed_tracker(
         watch.seen = dropped;
         // Which connection lost a frame is unknown: every one of them may have a hole.
         let at = last_at.unwrap_or_default();
-        let reason = UnsafeReason::CaptureDrops { frames: outcome.new_drops };
+        let reason = UnsafeReason::CaptureDrops {
+            frames: outcome.new_drops,
+        };
         tracker.mark_all_unsafe(at, reason, out);
     }
     Ok(outcome)
@@ -68,7 +73,9 @@ mod tests {
     use super::*;
     use crate::MemorySource;
     use cttm_core::wire::{SegmentRepr, TcpFlags, TcpOptions, emit_frame};
-    use cttm_core::{Instant, LinkType, Restorability, SeqNumber, ServiceEndpoint, ServiceSet, TrackerConfig};
+    use cttm_core::{
+        Instant, LinkType, Restorability, SeqNumber, ServiceEndpoint, ServiceSet, TrackerConfig,
+    };
     use std::net::SocketAddr;
 
     fn frame(src: SocketAddr, dst: SocketAddr, seq: u32, ack: u32, flags: TcpFlags) -> Vec<u8> {
@@ -79,7 +86,10 @@ mod tests {
             ack: SeqNumber(ack),
             flags,
             window: 1000,
-            options: TcpOptions { mss: Some(1460), ..TcpOptions::default() },
+            options: TcpOptions {
+                mss: Some(1460),
+                ..TcpOptions::default()
+            },
             payload: &[],
         };
         emit_frame(LinkType::Ethernet, &segment).expect("emit")
@@ -91,29 +101,69 @@ mod tests {
         let server: SocketAddr = "198.18.0.2:80".parse().expect("addr");
         let mut source = MemorySource::new();
         let t = Instant::from_millis(1);
-        source.push(t, LinkType::Ethernet, frame(client, server, 100, 0, TcpFlags::SYN));
-        source.push(t, LinkType::Ethernet, frame(server, client, 500, 101, TcpFlags::SYN.with(TcpFlags::ACK)));
-        source.push(t, LinkType::Ethernet, frame(client, server, 101, 501, TcpFlags::ACK));
-        let mut tracker = Tracker::new(TrackerConfig::new(ServiceSet::new([ServiceEndpoint::new(server)])));
+        source.push(
+            t,
+            LinkType::Ethernet,
+            frame(client, server, 100, 0, TcpFlags::SYN),
+        );
+        source.push(
+            t,
+            LinkType::Ethernet,
+            frame(server, client, 500, 101, TcpFlags::SYN.with(TcpFlags::ACK)),
+        );
+        source.push(
+            t,
+            LinkType::Ethernet,
+            frame(client, server, 101, 501, TcpFlags::ACK),
+        );
+        let mut tracker =
+            Tracker::new(TrackerConfig::new(ServiceSet::new([ServiceEndpoint::new(
+                server,
+            )])));
         let mut watch = DropWatch::new();
         let mut events = Vec::new();
-        let first = feed_tracker(&mut source, &mut tracker, &mut watch, Duration::ZERO, &mut events)
-            .expect("batch");
+        let first = feed_tracker(
+            &mut source,
+            &mut tracker,
+            &mut watch,
+            Duration::ZERO,
+            &mut events,
+        )
+        .expect("batch");
         assert_eq!((first.frames, first.new_drops), (3, 0));
         let id = tracker.records().next().expect("tracked").id();
-        assert_eq!(tracker.snapshot(&id).expect("snapshot").restorability, Restorability::Restorable);
+        assert_eq!(
+            tracker.snapshot(&id).expect("snapshot").restorability,
+            Restorability::Restorable
+        );
 
         source.record_drops(2);
-        source.push(t, LinkType::Ethernet, frame(client, server, 101, 501, TcpFlags::ACK));
-        let second = feed_tracker(&mut source, &mut tracker, &mut watch, Duration::ZERO, &mut events)
-            .expect("batch");
+        source.push(
+            t,
+            LinkType::Ethernet,
+            frame(client, server, 101, 501, TcpFlags::ACK),
+        );
+        let second = feed_tracker(
+            &mut source,
+            &mut tracker,
+            &mut watch,
+            Duration::ZERO,
+            &mut events,
+        )
+        .expect("batch");
         assert_eq!(second.new_drops, 2);
         assert!(matches!(
             tracker.snapshot(&id).expect("snapshot").restorability,
             Restorability::Unsafe(UnsafeReason::CaptureDrops { frames: 2 })
         ));
         assert!(matches!(
-            feed_tracker(&mut source, &mut tracker, &mut watch, Duration::ZERO, &mut events),
+            feed_tracker(
+                &mut source,
+                &mut tracker,
+                &mut watch,
+                Duration::ZERO,
+                &mut events
+            ),
             Err(CaptureError::EndOfCapture)
         ));
     }

@@ -14,6 +14,13 @@
 //! - every **server byte the segment carries** (and every one before it) is held by the
 //!   backup: once the client has read them, the restored connection must continue right
 //!   after them, and the backup compares the standby's output against them;
+//! - a **FIN** counts as one offset of its stream (it takes one sequence number, RFC 9293
+//!   §3.4): a segment carrying the server's FIN, or acknowledging the client's, leaves only
+//!   once the backup holds that FIN. Otherwise the client could see the end of the stream
+//!   (or learn its own FIN was received and stop retransmitting it) while a backup taking
+//!   over still believes the stream open; requirements and holdings are therefore both in
+//!   sequence space ([`StreamState::sequence_end`](crate::record::StreamState::sequence_end)
+//!   and [`StreamState::acked`](crate::record::StreamState::acked), which count the FIN);
 //! - a **SYN-ACK** waits until the backup holds the connection's handshake (ISNs and
 //!   options): the client's ACK of it would otherwise create a connection the backup could
 //!   never restore.
@@ -38,23 +45,28 @@ use std::collections::{HashMap, VecDeque};
 pub enum CommitRequirement {
     /// The backup holds every client byte below `client` (what the segment acknowledges) and
     /// every server byte below `server` (the end of what the segment and those before it
-    /// carry). Stream offsets, as in [`event`](crate::event).
+    /// carry). Stream offsets in sequence space, as in [`event`](crate::event): a FIN is the
+    /// offset after its stream's last byte, so `received_end + 1` requires the FIN.
     Offsets {
-        /// Client stream offset that must be held.
+        /// Client stream offset that must be held (the segment's acknowledgement, as
+        /// [`StreamState::acked`](crate::record::StreamState::acked) of the client stream).
         client: u64,
-        /// Server stream offset that must be held.
+        /// Server stream offset that must be held (as
+        /// [`StreamState::sequence_end`](crate::record::StreamState::sequence_end) of the
+        /// server stream).
         server: u64,
     },
     /// The backup holds the connection's handshake (a SYN-ACK).
     Handshake,
 }
 
-/// What the backup is known to hold of one connection (from its acknowledgements).
+/// What the backup is known to hold of one connection (from its acknowledgements), in
+/// sequence space: one past the last byte held, plus one when the stream's FIN is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct BackupHolds {
-    /// Every client byte below this offset is held.
+    /// Every client offset below this is held (bytes, and the FIN if it is below).
     pub client: u64,
-    /// Every server byte below this offset is held.
+    /// Every server offset below this is held (bytes, and the FIN if it is below).
     pub server: u64,
 }
 

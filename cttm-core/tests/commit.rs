@@ -158,3 +158,22 @@ fn the_backup_losing_a_connection_holds_its_packets_again() {
     backup.set(id(1), 100, 100);
     assert_eq!(gate.release(backup.lookup()), vec![2]);
 }
+
+#[test]
+fn a_fin_is_one_offset_and_leaves_only_once_the_backup_holds_it() {
+    // 100 client bytes then the client's FIN (offset 100), 50 server bytes then the server's
+    // FIN (offset 50). Requirements and holdings are in sequence space.
+    let mut gate = OutputCommit::new();
+    let mut backup = Backup::new();
+    gate.hold(1u32, id(1), offsets(101, 50)); // ACK of the client's FIN
+    gate.hold(2, id(1), offsets(101, 51)); // the server's FIN
+    // The backup holds every byte of both streams but neither FIN: nothing leaves.
+    backup.set(id(1), 100, 50);
+    assert_eq!(gate.release(backup.lookup()), Vec::<u32>::new());
+    // The client's FIN is held: its acknowledgement leaves, the server's FIN still waits.
+    backup.set(id(1), 101, 50);
+    assert_eq!(gate.release(backup.lookup()), vec![1]);
+    backup.set(id(1), 101, 51);
+    assert_eq!(gate.release(backup.lookup()), vec![2]);
+    assert!(gate.is_empty());
+}

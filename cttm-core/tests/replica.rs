@@ -190,18 +190,20 @@ fn replica_fed_the_events_matches_the_tracker_retaining_client_bytes() {
         b"GET / HTTP/1.1\r\n\r\n\r\ntail".to_vec()
     );
     assert_eq!(a.stream(Side::Client).fin(), Some(24));
+    // Holdings are in sequence space: each FIN held counts one offset past its stream's
+    // bytes (24 client bytes + FIN, 25 server bytes + FIN; 12 client bytes + FIN).
     assert_eq!(
         replica.holdings(),
         vec![
             Holding {
                 id: id4(),
-                client_end: 24,
-                server_end: 25,
+                client_end: 25,
+                server_end: 26,
                 closed: true
             },
             Holding {
                 id: id6(),
-                client_end: 12,
+                client_end: 13,
                 server_end: 5,
                 closed: false
             },

@@ -980,21 +980,7 @@ fn mid_stream_pick_up_is_flagged_unsafe() {
     let mut h = Harness::new(config());
     let id = id4();
     let kinds = h.feed(5, &Seg::client(id, 7000).ack(9000).data(b"abc"));
-    let expected = Handshake {
-        client_isn: SeqNumber(6999),
-        server_isn: SeqNumber(8999),
-        client_mss: None,
-        server_mss: None,
-        client_window_scale: None,
-        server_window_scale: None,
-        sack_permitted: false,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 0,
-        server_syn_window: 0,
-        mid_stream: true,
-    };
+    let expected = Handshake::mid_stream(SeqNumber(6999), SeqNumber(8999));
     assert_eq!(
         kinds,
         vec![

@@ -44,6 +44,9 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+/// Bytes asked for by each read of the stream.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Appends one frame carrying `payload` to `out`.
 pub fn encode_frame(
     payload: &[u8],
@@ -69,6 +72,9 @@ pub fn encode_frame(
 #[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// The buffer each read fills (allocated once: a fresh 64 KiB array per read would be
+    /// zeroed every time, a cost paid on every message of a small-message stream).
+    chunk: Vec<u8>,
     start: usize,
     max_frame_len: usize,
     total: u64,
@@ -79,6 +85,7 @@ impl FrameReader {
     pub fn new(max_frame_len: usize) -> FrameReader {
         FrameReader {
             buf: Vec::new(),
+            chunk: Vec::new(),
             start: 0,
             max_frame_len,
             total: 0,
@@ -116,12 +123,14 @@ impl FrameReader {
     /// Reads from `src` until a frame is complete. `Ok(None)` when the read timed out (set
     /// the stream's read timeout) or would block; what arrived is kept for the next call.
     pub fn read_frame(&mut self, src: &mut impl Read) -> Result<Option<Vec<u8>>, FrameError> {
-        let mut chunk = [0u8; 64 * 1024];
+        if self.chunk.is_empty() {
+            self.chunk = vec![0u8; READ_CHUNK];
+        }
         loop {
             if let Some(f) = self.next_buffered()? {
                 return Ok(Some(f));
             }
-            match src.read(&mut chunk) {
+            match src.read(&mut self.chunk) {
                 Ok(0) => {
                     let have = self.buf.len() - self.start;
                     return Err(if have == 0 {
@@ -138,7 +147,7 @@ impl FrameReader {
                         self.buf.drain(..self.start);
                         self.start = 0;
                     }
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.buf.extend_from_slice(&self.chunk[..n]);
                     self.total += n as u64;
                 }
                 Err(e)

@@ -93,12 +93,18 @@ pub enum SubmitError {
     Inconsistent(#[from] ReplicaError),
 }
 
-/// The ends of a connection's streams the backup is known to hold (for output commit).
+/// The ends of a connection's streams the backup is known to hold (for output commit), in
+/// sequence space: stream offsets of the bytes, where a FIN counts as one more offset once
+/// the backup holds it (RFC 9293 §3.4: the FIN takes a sequence number), as
+/// [`StreamState::sequence_end`](cttm_core::record::StreamState::sequence_end). A segment
+/// that carries or acknowledges a FIN may leave only once the backup holds that FIN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AckedOffsets {
-    /// Every client byte below this offset is held by the backup.
+    /// Every client byte below this offset is held by the backup (and the client's FIN when
+    /// this is one past its last byte).
     pub client: u64,
-    /// Every server byte below this offset is held by the backup.
+    /// Every server byte below this offset is held by the backup (and the server's FIN when
+    /// this is one past its last byte).
     pub server: u64,
 }
 
@@ -265,8 +271,8 @@ impl Primary {
     fn mirror_ends(&self, id: &ConnectionId) -> Option<AckedOffsets> {
         let r = self.mirror.record(id)?;
         Some(AckedOffsets {
-            client: r.stream(Side::Client).received_end(),
-            server: r.stream(Side::Server).received_end(),
+            client: r.stream(Side::Client).sequence_end(),
+            server: r.stream(Side::Server).sequence_end(),
         })
     }
 
@@ -686,6 +692,72 @@ mod tests {
         );
         assert!(p.is_synchronised());
         assert_eq!(p.retained_bytes(), 0);
+    }
+
+    #[test]
+    fn acknowledged_offsets_count_a_fin_once_the_backup_holds_it() {
+        let mut p = Primary::new(PrimaryConfig::default(), 4);
+        let now = Instant::ZERO;
+        p.submit(opened(1), now).unwrap();
+        p.submit(client_data(1, 0, 10), now).unwrap();
+        p.submit(
+            ev(
+                1,
+                EventKind::Fin {
+                    side: Side::Client,
+                    offset: 10,
+                },
+            ),
+            now,
+        )
+        .unwrap();
+        p.submit(
+            ev(
+                1,
+                EventKind::Fin {
+                    side: Side::Server,
+                    offset: 0,
+                },
+            ),
+            now,
+        )
+        .unwrap();
+        let ack = |p: &mut Primary, applied| {
+            p.on_message(
+                WireMessage::Ack {
+                    epoch: 4,
+                    applied,
+                    consumed: vec![],
+                },
+                now,
+            )
+        };
+        // The bytes are held, the client's FIN not yet: one past the bytes is not reached.
+        ack(&mut p, 2);
+        assert_eq!(
+            p.acknowledged(&id(1)),
+            Some(AckedOffsets {
+                client: 10,
+                server: 0
+            })
+        );
+        // Each FIN, once held, is one more offset of its stream (RFC 9293 §3.4).
+        ack(&mut p, 3);
+        assert_eq!(
+            p.acknowledged(&id(1)),
+            Some(AckedOffsets {
+                client: 11,
+                server: 0
+            })
+        );
+        ack(&mut p, 4);
+        assert_eq!(
+            p.acknowledged(&id(1)),
+            Some(AckedOffsets {
+                client: 11,
+                server: 1
+            })
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::primary::{
 };
 use crate::store::ReplicaStore;
 use crate::transport::{ReplicationTransport, TransportError};
+use crate::wire::WireMessage;
 use cttm_core::ReplicationMessage;
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::time::Instant;
@@ -271,7 +272,17 @@ fn primary_receive_loop(s: &PrimaryShared) {
         }
         match result {
             Ok(Some(m)) => {
-                s.primary.lock().on_message(m, now);
+                // Everything already buffered is handled under one lock and announced once:
+                // a burst of acknowledgements costs one wake-up of the waiters. (Read first,
+                // lock after: reading may wait for the writer's lock, and the primary's lock
+                // must never wait on the socket.)
+                let mut arrived = vec![m];
+                drain_buffered(s.transport.as_ref(), &s.errors, &mut arrived);
+                let mut p = s.primary.lock();
+                for m in arrived {
+                    p.on_message(m, now);
+                }
+                drop(p);
                 s.progress.notify_all();
                 s.wake.notify_one();
             }
@@ -293,6 +304,44 @@ fn primary_receive_loop(s: &PrimaryShared) {
     }
 }
 
+/// The most messages read from the transport's buffer in one go before answering.
+const MAX_DRAIN: usize = 1024;
+/// The most messages sent in one write.
+const MAX_BATCH_MESSAGES: usize = 1024;
+/// The most payload bytes (approximately) sent in one write.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Appends the messages already received and buffered (never waits), at most
+/// [`MAX_DRAIN`].
+fn drain_buffered(
+    transport: &dyn ReplicationTransport,
+    errors: &Mutex<ErrorLog>,
+    arrived: &mut Vec<WireMessage>,
+) {
+    while arrived.len() < MAX_DRAIN {
+        match transport.recv(Duration::ZERO) {
+            Ok(Some(m)) => arrived.push(m),
+            Ok(None) | Err(TransportError::LinkDown) => break,
+            Err(e) => {
+                errors.lock().push(e);
+                break;
+            }
+        }
+    }
+}
+
+/// The approximate bytes a message adds to a batch.
+fn batch_size(m: &WireMessage) -> usize {
+    match m {
+        WireMessage::Data { payload, .. } => payload.approximate_size(),
+        _ => 64,
+    }
+}
+
+/// Sends whatever is waiting as soon as it is submitted: everything pending (bounded) goes
+/// out in one write, so a stream of small events costs one system call and one wake-up of
+/// the backup per batch instead of per message, and the backup acknowledges per batch. The
+/// socket has `TCP_NODELAY`: nothing waits for Nagle's algorithm.
 fn primary_send_loop(s: &PrimaryShared) {
     let interval = poll_interval(s.primary.lock().config());
     let mut batch = Vec::new();
@@ -301,9 +350,13 @@ fn primary_send_loop(s: &PrimaryShared) {
             let mut p = s.primary.lock();
             p.poll(s.clock.now());
             if s.transport.is_up() {
-                while batch.len() < 64 {
+                let mut bytes = 0;
+                while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
                     match p.poll_transmit() {
-                        Some(m) => batch.push(m),
+                        Some(m) => {
+                            bytes += batch_size(&m);
+                            batch.push(m);
+                        }
                         None => break,
                     }
                 }
@@ -313,14 +366,13 @@ fn primary_send_loop(s: &PrimaryShared) {
                 continue;
             }
         }
-        for m in batch.drain(..) {
-            if let Err(e) = s.transport.send(&m) {
-                if !matches!(e, TransportError::LinkDown) {
-                    s.errors.lock().push(e);
-                }
-                s.primary.lock().on_link_down();
-                break;
+        let result = s.transport.send_batch(&batch);
+        batch.clear();
+        if let Err(e) = result {
+            if !matches!(e, TransportError::LinkDown) {
+                s.errors.lock().push(e);
             }
+            s.primary.lock().on_link_down();
         }
     }
 }
@@ -418,7 +470,7 @@ fn backup_loop(s: &BackupShared) {
     let mut link_since = s.clock.now();
     let mut received = s.transport.bytes_received();
     while !s.stop.load(Ordering::SeqCst) {
-        let mut result = s.transport.recv(interval);
+        let result = s.transport.recv(interval);
         let now = s.clock.now();
         let bytes = s.transport.bytes_received();
         if bytes != received {
@@ -431,27 +483,23 @@ fn backup_loop(s: &BackupShared) {
             link_since = now;
             s.backup.lock().on_link_up(now);
         }
-        // Apply what arrived, then everything already buffered, then answer once.
-        let mut drained = 0;
-        loop {
-            match result {
-                Ok(Some(m)) => s.backup.lock().on_message(m, now),
-                Ok(None) => break,
-                Err(TransportError::LinkDown) => break,
-                Err(e) => {
-                    s.errors.lock().push(e);
-                    break;
-                }
+        // Apply what arrived, then everything already buffered, then answer once (one
+        // acknowledgement per batch the primary wrote).
+        let mut arrived = Vec::new();
+        match result {
+            Ok(Some(m)) => {
+                arrived.push(m);
+                drain_buffered(s.transport.as_ref(), &s.errors, &mut arrived);
             }
-            drained += 1;
-            if drained >= 1024 {
-                break;
-            }
-            result = s.transport.recv(Duration::ZERO);
+            Ok(None) | Err(TransportError::LinkDown) => {}
+            Err(e) => s.errors.lock().push(e),
         }
         let mut out = Vec::new();
         {
             let mut b = s.backup.lock();
+            for m in arrived {
+                b.on_message(m, now);
+            }
             b.poll(now);
             if s.transport.is_up() {
                 while let Some(m) = b.poll_transmit(true) {
@@ -459,13 +507,11 @@ fn backup_loop(s: &BackupShared) {
                 }
             }
         }
-        for m in out {
-            if let Err(e) = s.transport.send(&m) {
-                if !matches!(e, TransportError::LinkDown) {
-                    s.errors.lock().push(e);
-                }
-                break;
-            }
+        if !out.is_empty()
+            && let Err(e) = s.transport.send_batch(&out)
+            && !matches!(e, TransportError::LinkDown)
+        {
+            s.errors.lock().push(e);
         }
         if s.transport.is_up() {
             let limit = s.config.heartbeat_interval * s.config.failure_misses;

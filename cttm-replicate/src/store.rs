@@ -220,7 +220,8 @@ impl ReplicaStore {
         self.inner.write().applied_seq = seq;
     }
 
-    /// What the replica holds, per connection ([`Replica::holdings`]).
+    /// What the replica holds, per connection ([`Replica::holdings`]: stream ends in
+    /// sequence space, a FIN held counting one offset).
     pub fn holdings(&self) -> Vec<Holding> {
         self.inner.read().replica.holdings()
     }

@@ -4,8 +4,10 @@
 //! to the echo server and reads it back.
 //!
 //! - Sync mode (output commit): after every read, the client's own view of its connection
-//!   (`TCP_INFO`: server bytes received, client bytes acknowledged by the server) never
-//!   exceeds what the backup's replica holds; the server bytes the replica still retains are
+//!   (`TCP_INFO`: server bytes received, client bytes acknowledged by the server, each FIN
+//!   counted as one offset) never exceeds what the backup's replica holds: in particular the
+//!   client never reads the end of the stream (the server's FIN), nor has its own FIN
+//!   acknowledged, before the backup holds that FIN; the server bytes the replica still retains are
 //!   the bytes really sent; the transfer completes (no deadlock); at the end the replica
 //!   holds every client byte and both streams' exact lengths and FINs; the rules are gone.
 //! - Sync mode with the backup cut off mid-conversation: the server keeps reading, but
@@ -226,12 +228,33 @@ fn replica_ends(store: &ReplicaStore, id: &ConnectionId) -> Option<(u64, u64)> {
     })
 }
 
+/// What the replica holds of a connection in sequence space: (client end, server end), each
+/// one past the stream's bytes plus one once its FIN is held.
+fn replica_sequence_ends(store: &ReplicaStore, id: &ConnectionId) -> Option<(u64, u64)> {
+    store.with_replica(|r| {
+        r.record(id).map(|rec| {
+            (
+                rec.stream(Side::Client).sequence_end(),
+                rec.stream(Side::Server).sequence_end(),
+            )
+        })
+    })
+}
+
+/// Linux TCP states (include/net/tcp_states.h) in which this end's FIN was acknowledged.
+const OWN_FIN_ACKED: [u8; 3] = [
+    5, /* FIN_WAIT2 */
+    6, /* TIME_WAIT */
+    7, /* CLOSE */
+];
+
 /// Streams `TRANSFER` patterned bytes to the echo server and reads them back, calling
-/// `after_read(socket, id, SYN count in tcpi_bytes_acked, bytes read)` after every read.
+/// `after_read(socket, id, SYN count in tcpi_bytes_acked, bytes read, end of stream)` after
+/// every read, the one that returned the end of the stream (the server's FIN) included.
 /// Returns the connection identity and the bytes read back.
 fn stream_through(
     client: &Netns,
-    mut after_read: impl FnMut(&TcpStream, &ConnectionId, u64, u64),
+    mut after_read: impl FnMut(&TcpStream, &ConnectionId, u64, u64, bool),
 ) -> (ConnectionId, Vec<u8>) {
     let stream = client
         .run(|| TcpStream::connect_timeout(&SERVICE.parse().unwrap(), IO_TIMEOUT))
@@ -262,11 +285,11 @@ fn stream_through(
     loop {
         assert!(Instant::now() < deadline, "transfer did not finish");
         let n = reader.read(&mut buf).expect("read the echo");
+        received.extend_from_slice(&buf[..n]);
+        after_read(&reader, &id, syn_acked, received.len() as u64, n == 0);
         if n == 0 {
             break;
         }
-        received.extend_from_slice(&buf[..n]);
-        after_read(&reader, &id, syn_acked, received.len() as u64);
     }
     sender
         .join()
@@ -284,14 +307,17 @@ fn sync_mode_never_lets_the_client_see_what_the_backup_does_not_hold() {
     let expected = pattern(TRANSFER, 7);
     let store = rig.store.clone();
     let mut moments = 0usize;
-    let (id, received) = stream_through(&rig.client, |socket, id, syn, _| {
+    let mut eofs = 0usize;
+    let (id, received) = stream_through(&rig.client, |socket, id, syn, _, eof| {
         // The sender writes concurrently: at most everything is sent.
-        check_sync_moment(socket, &store, id, syn, TRANSFER as u64, &expected);
+        check_sync_moment(socket, &store, id, syn, eof, &expected);
         moments += 1;
+        eofs += usize::from(eof);
     });
     assert_eq!(received.len(), TRANSFER, "every byte echoed");
     assert!(received == expected, "echoed bytes differ from those sent");
     assert!(moments > 0);
+    assert_eq!(eofs, 1, "the end of the stream was checked");
 
     // The close reaches the replica too; then its record is the whole conversation.
     wait_for(
@@ -385,7 +411,7 @@ fn check_at_risk(
     let Some(conn) = status.connection(id) else {
         return;
     };
-    let replica = replica_ends(store, id);
+    let replica = replica_sequence_ends(store, id);
     if let Some(backup) = conn.backup {
         let (client_end, server_end) = replica.expect("the backup acknowledged it");
         assert!(
@@ -416,19 +442,25 @@ fn async_mode_reports_bytes_at_risk_consistent_with_the_replica() {
     let store = rig.store.clone();
     let monitor = rig.monitor.clone();
     let mut checked = 0usize;
-    let (id, received) = stream_through(&rig.client, |_, id, _, _| {
+    let (id, received) = stream_through(&rig.client, |_, id, _, _, _| {
         check_at_risk(&monitor, &store, id, &mut checked);
     });
     assert_eq!(received.len(), TRANSFER);
     assert!(received == expected, "echoed bytes differ from those sent");
 
     // The capture may lag the transfer: keep checking until the agent has seen every byte
-    // and the backup acknowledged everything; then nothing is at risk.
+    // and the close, and the backup acknowledged everything (both FINs included); then
+    // nothing is at risk.
+    let both_fins = (TRANSFER as u64 + 1, TRANSFER as u64 + 1);
     wait_for("nothing at risk", Duration::from_secs(20), || {
         check_at_risk(&monitor, &store, &id, &mut checked);
         rig.monitor.status().is_some_and(|s| {
-            s.connection(&id)
-                .is_some_and(|c| c.server_sent == TRANSFER as u64 && c.at_risk() == 0)
+            s.connection(&id).is_some_and(|c| {
+                c.server_sent == TRANSFER as u64
+                    && c.at_risk() == 0
+                    && c.closed
+                    && c.backup.map(|b| (b.client, b.server)) == Some(both_fins)
+            })
         })
     });
     assert!(checked > 0, "the agent reported the connection");
@@ -436,13 +468,14 @@ fn async_mode_reports_bytes_at_risk_consistent_with_the_replica() {
     let conn = status.connection(&id).expect("connection");
     assert_eq!(conn.client_acked, TRANSFER as u64);
     let backup = conn.backup.expect("held by the backup");
+    // The backup's acknowledged offsets count each FIN as one offset (sequence space).
     assert_eq!(
-        replica_ends(&rig.store, &id),
+        replica_sequence_ends(&rig.store, &id),
         Some((backup.client, backup.server))
     );
     assert_eq!(
-        (backup.client, backup.server),
-        (TRANSFER as u64, TRANSFER as u64)
+        replica_ends(&rig.store, &id),
+        Some((TRANSFER as u64, TRANSFER as u64))
     );
     let (_, client_bytes) = rig.store.client_bytes(&id).expect("client bytes");
     assert!(
@@ -462,30 +495,55 @@ fn async_mode_reports_bytes_at_risk_consistent_with_the_replica() {
 }
 
 /// Checks one moment of a sync-mode connection: the client's kernel never received a server
-/// byte, nor had a client byte acknowledged, that the replica does not hold; the server bytes
-/// the replica retains are those really sent. `syn` is the SYN's count in
-/// `tcpi_bytes_acked`; `sent` the client bytes written so far.
+/// byte or FIN, nor had a client byte or FIN acknowledged, that the replica does not hold;
+/// the server bytes the replica retains are those really sent. `syn` is the SYN's count in
+/// `tcpi_bytes_acked`; `eof` is true when the client just read the end of the stream.
+///
+/// Everything is compared in sequence space, where a FIN takes one offset (RFC 9293 §3.4):
+/// Linux counts a received FIN in `tcpi_bytes_received` and an acknowledged FIN in
+/// `tcpi_bytes_acked`, and the replica's `sequence_end` counts a FIN it holds.
 fn check_sync_moment(
     socket: &TcpStream,
     store: &ReplicaStore,
     id: &ConnectionId,
     syn: u64,
-    sent: u64,
+    eof: bool,
     expected_echo: &[u8],
 ) {
     // The client's view first, the replica's after: the replica only grows.
     let info = socket_tcp_info(socket).expect("TCP_INFO");
-    let (client_end, server_end) = replica_ends(store, id).expect("the replica holds it");
-    let received = info.bytes_received.min(expected_echo.len() as u64);
-    let acked = info.bytes_acked.saturating_sub(syn).min(sent);
+    let record = store.with_replica(|r| {
+        r.record(id).map(|rec| {
+            let (c, s) = (rec.stream(Side::Client), rec.stream(Side::Server));
+            (c.sequence_end(), s.sequence_end(), c.fin(), s.fin())
+        })
+    });
+    let (client_end, server_end, client_fin, server_fin) =
+        record.expect("the replica holds the connection");
+    let received = info.bytes_received;
+    let acked = info.bytes_acked.saturating_sub(syn);
     assert!(
         received <= server_end,
-        "the client received server bytes up to {received}, the backup held only {server_end}"
+        "the client received the server's stream up to {received} (a FIN counts one), the backup held only {server_end}"
     );
     assert!(
         acked <= client_end,
-        "client bytes up to {acked} were acknowledged, the backup held only {client_end}"
+        "the client's stream was acknowledged up to {acked} (a FIN counts one), the backup held only {client_end}"
     );
+    if eof {
+        assert!(
+            server_fin.is_some(),
+            "the client read the end of the stream (state {}), but the backup does not hold the server's FIN",
+            info.state
+        );
+    }
+    if OWN_FIN_ACKED.contains(&info.state) {
+        assert!(
+            client_fin.is_some(),
+            "the client's FIN was acknowledged (state {}), but the backup does not hold it",
+            info.state
+        );
+    }
     let (from, bytes) = store.server_bytes(id).expect("held");
     let end = from as usize + bytes.len();
     assert!(end <= expected_echo.len(), "more server bytes than echoed");
@@ -529,7 +587,7 @@ fn sync_mode_holds_output_while_the_backup_is_cut_off_and_resumes() {
             let n = stream.read(&mut buf[..want]).expect("read the echo");
             assert!(n > 0, "the echo ended early");
             echoed.extend_from_slice(&buf[..n]);
-            check_sync_moment(stream, &store, &id, syn, sent as u64, &data);
+            check_sync_moment(stream, &store, &id, syn, false, &data);
         }
     };
     for _ in 0..ROUNDS_BEFORE {
@@ -558,7 +616,7 @@ fn sync_mode_holds_output_while_the_backup_is_cut_off_and_resumes() {
             "{e}"
         ),
     }
-    check_sync_moment(&stream, &rig.store, &id, syn, sent as u64, &data);
+    check_sync_moment(&stream, &rig.store, &id, syn, false, &data);
     assert_eq!(
         replica_ends(&rig.store, &id),
         Some(replica_before),
@@ -580,6 +638,8 @@ fn sync_mode_holds_output_while_the_backup_is_cut_off_and_resumes() {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).expect("read to the end");
     assert!(rest.is_empty(), "no bytes beyond the echo");
+    // The client saw the server's FIN: the backup held it first.
+    check_sync_moment(&stream, &rig.store, &id, syn, true, &data);
     assert!(echoed == data, "echoed bytes differ from those sent");
 
     wait_for(

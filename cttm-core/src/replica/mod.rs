@@ -54,9 +54,11 @@ pub enum ReplicaError {
 pub struct Holding {
     /// The connection.
     pub id: ConnectionId,
-    /// End of the client bytes held.
+    /// End of the client stream held, in sequence space: the bytes, plus one once the
+    /// client's FIN is held (a FIN takes one sequence number, RFC 9293 §3.4), as
+    /// [`StreamState::sequence_end`](crate::record::StreamState::sequence_end).
     pub client_end: u64,
-    /// End of the server bytes held.
+    /// End of the server stream held, in sequence space (bytes, plus one for its FIN).
     pub server_end: u64,
     /// The connection is closed.
     pub closed: bool,
@@ -189,8 +191,8 @@ impl Replica {
             .values()
             .map(|r| Holding {
                 id: r.id(),
-                client_end: r.stream(crate::Side::Client).received_end(),
-                server_end: r.stream(crate::Side::Server).received_end(),
+                client_end: r.stream(crate::Side::Client).sequence_end(),
+                server_end: r.stream(crate::Side::Server).sequence_end(),
                 closed: r.closed().is_some(),
             })
             .collect();

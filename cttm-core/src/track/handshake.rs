@@ -155,21 +155,7 @@ fn pick_up_mid_stream(
         Side::Client => (own_isn, peer_isn),
         Side::Server => (peer_isn, own_isn),
     };
-    let handshake = Handshake {
-        client_isn,
-        server_isn,
-        client_mss: None,
-        server_mss: None,
-        client_window_scale: None,
-        server_window_scale: None,
-        sack_permitted: false,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 0,
-        server_syn_window: 0,
-        mid_stream: true,
-    };
+    let handshake = Handshake::mid_stream(client_isn, server_isn);
     let mut conn = OpenConnection::open(id, at, handshake, config, out);
     if !segment.flags.syn() {
         conn.on_segment(config, side, at, segment, out);

@@ -4,7 +4,7 @@
 //! The capture point is assumed to be the server host (or a tap next to it): client segments
 //! may arrive lost (never captured), retransmitted, reordered or duplicated; every server
 //! segment is seen as sent. Each connection goes through two phases, each with its own
-//! handler: [`handshake`] (SYN seen, waiting for the SYN-ACK) and [`open`] (both ISNs known,
+//! handler: `handshake` (SYN seen, waiting for the SYN-ACK) and `open` (both ISNs known,
 //! a [`ConnectionRecord`] exists).
 
 mod handshake;

@@ -36,6 +36,13 @@ use thiserror::Error;
 pub trait ReplicationTransport: Send + Sync {
     /// Sends one message. [`TransportError::LinkDown`] when no link is up.
     fn send(&self, message: &WireMessage) -> Result<(), TransportError>;
+    /// Sends several messages in order, as one write where the transport can (one system
+    /// call and as few TCP segments as the bytes need, instead of one per message). Fails
+    /// like [`send`](Self::send); a failure may come after some of the messages were handed
+    /// to the link (the protocol resends). The default sends them one by one.
+    fn send_batch(&self, messages: &[WireMessage]) -> Result<(), TransportError> {
+        messages.iter().try_for_each(|m| self.send(m))
+    }
     /// Receives the peer's next message, waiting at most `timeout`.
     fn recv(&self, timeout: Duration) -> Result<Option<WireMessage>, TransportError>;
     /// True while a link is established.

@@ -53,13 +53,30 @@ impl TcpConfig {
 }
 
 /// One established link, or none.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Link {
     writer: Mutex<Option<ChannelWriter<TcpStream>>>,
     reader: Mutex<Option<ChannelReader<TcpStream>>>,
     up: AtomicBool,
     epoch: AtomicU64,
     received: AtomicU64,
+    /// The read timeout set on the current link's socket, in microseconds (`u64::MAX`: not
+    /// set yet), so a loop reading with the same timeout makes one `setsockopt` per link
+    /// instead of one per read.
+    read_timeout_us: AtomicU64,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            writer: Mutex::default(),
+            reader: Mutex::default(),
+            up: AtomicBool::default(),
+            epoch: AtomicU64::default(),
+            received: AtomicU64::default(),
+            read_timeout_us: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Link {
@@ -73,6 +90,7 @@ impl Link {
             let _ = old.stream().shutdown(Shutdown::Both);
         }
         *slot = Some(reader);
+        self.read_timeout_us.store(u64::MAX, Ordering::SeqCst);
         *self.writer.lock() = Some(writer);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
@@ -90,11 +108,15 @@ impl Link {
     }
 
     fn send(&self, message: &WireMessage) -> Result<(), TransportError> {
+        self.send_batch(std::slice::from_ref(message))
+    }
+
+    fn send_batch(&self, messages: &[WireMessage]) -> Result<(), TransportError> {
         let mut w = self.writer.lock();
         let Some(writer) = w.as_mut() else {
             return Err(TransportError::LinkDown);
         };
-        match writer.send(message) {
+        match writer.send_batch(messages) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.up.store(false, Ordering::SeqCst);
@@ -118,7 +140,17 @@ impl Link {
         let result = if timeout.is_zero() {
             reader.recv_buffered()
         } else {
-            match reader.stream().set_read_timeout(Some(timeout)) {
+            let micros = u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX - 1);
+            let set = if self.read_timeout_us.load(Ordering::SeqCst) == micros {
+                Ok(())
+            } else {
+                let r = reader.stream().set_read_timeout(Some(timeout));
+                if r.is_ok() {
+                    self.read_timeout_us.store(micros, Ordering::SeqCst);
+                }
+                r
+            };
+            match set {
                 Ok(()) => reader.recv(),
                 Err(e) => Err(e.into()),
             }
@@ -213,6 +245,10 @@ impl TcpPrimaryTransport {
 impl ReplicationTransport for TcpPrimaryTransport {
     fn send(&self, message: &WireMessage) -> Result<(), TransportError> {
         self.link.send(message)
+    }
+
+    fn send_batch(&self, messages: &[WireMessage]) -> Result<(), TransportError> {
+        self.link.send_batch(messages)
     }
 
     fn recv(&self, timeout: Duration) -> Result<Option<WireMessage>, TransportError> {
@@ -401,6 +437,10 @@ fn push_accept_error(accepted: &Mutex<Accepted>, e: TransportError) {
 impl ReplicationTransport for TcpBackupTransport {
     fn send(&self, message: &WireMessage) -> Result<(), TransportError> {
         self.link.send(message)
+    }
+
+    fn send_batch(&self, messages: &[WireMessage]) -> Result<(), TransportError> {
+        self.link.send_batch(messages)
     }
 
     fn recv(&self, timeout: Duration) -> Result<Option<WireMessage>, TransportError> {

@@ -3,19 +3,24 @@
 //! watches the primary's heartbeats, and when the primary is declared dead takes over: claims
 //! the service addresses, restores every connection that can be continued with `TCP_REPAIR`
 //! and splices it to its shadow session, resets the others at once, announces the addresses,
-//! and keeps serving the spliced connections.
+//! and keeps serving the spliced connections. From before the claim until the last restore a
+//! network lock drops the clients' segments (`lock`); meanwhile each client's answer to its
+//! restored socket's window probe (seen by a capture) shows which server bytes it lacks, and
+//! the socket is re-seated so they go out at once as new data (`Splice::reseat`).
 //!
 //! | module | concern |
 //! |---|---|
 //! | `shadow` | shadow sessions: feeding the standby, comparing its output (divergence) |
+//! | `lock` | the network lock: client segments dropped while the connections are restored |
 //! | `takeover` | claim, restore, reset, announce |
-//! | `splice` | restored socket ↔ shadow session after takeover |
+//! | `splice` | restored socket ↔ shadow session after takeover; re-seating a restored socket at its client's acknowledgement |
 //! | `watch` | after takeover: clients ahead of what the backup holds (async loss) are reset |
 //!
 //! The agent runs in the calling thread (and threads it starts), in the calling thread's
 //! network namespace: the replication listener, the standby connections, the restored
 //! sockets and the address changes all happen there.
 
+mod lock;
 mod shadow;
 mod splice;
 mod takeover;
@@ -62,6 +67,9 @@ const WATCH_POLL: Duration = Duration::from_millis(10);
 /// probe sent at restore went out before the neighbours learned the address moved, so the
 /// answer went to the dead primary).
 const PROBE_DELAY: Duration = Duration::from_millis(20);
+/// How long the takeover waits, under the network lock, for the clients' answers to the
+/// restored sockets' window probes (a round trip on the service network).
+const ANSWER_WAIT: Duration = Duration::from_millis(50);
 /// How often replication link errors and reports are logged.
 const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -276,11 +284,19 @@ pub fn run_backup(
     shadows.pump(Duration::ZERO)?;
     let connections = takeover::connections(&store);
     takeover::resolve_clients(&connections);
+    // From before the claim until every connection is restored, client segments are dropped
+    // on arrival (released on every exit path when `network_lock` is dropped).
+    let mut network_lock = lock::NetworkLock::engage(&options.services);
     takeover::claim(&mut netlink, &addresses, options.service_prefix_len)?;
     let mut splices = SpliceSet::new();
     for snapshot in connections {
         let id = snapshot.id;
         let shadow = shadows.take(&id);
+        // Segments captured so far predate this restore: they must not count as the client's
+        // answer to its window probe (read them while the connection has no splice yet).
+        if let Some(w) = &mut watch {
+            w.observe(&mut splices);
+        }
         match takeover::take_over_connection(&store, &snapshot, shadow) {
             Outcome::Restored(splice) => {
                 tracing::info!(connection = %id, "connection restored and spliced to its shadow session");
@@ -296,6 +312,10 @@ pub fn run_backup(
             }
         }
     }
+    if let Some(w) = &mut watch {
+        reseat(w, &mut splices, &mut exit);
+    }
+    network_lock.release();
     let announcing = takeover::announce(netlink, &addresses);
     let took = started.elapsed();
     exit.takeover = Some(took);
@@ -320,15 +340,14 @@ pub fn run_backup(
         let ended = splices.pump(if watching { WATCH_POLL } else { SERVE_POLL })?;
         if let Some(w) = &mut watch {
             w.observe(&mut splices);
-            for (id, seq) in splices.take_lost(AHEAD_GRACE) {
-                let reason = "the client is ahead of the backup: bytes the primary exchanged with it never reached the backup (async mode)";
+            for (id, seq, reason) in splices.take_lost(AHEAD_GRACE) {
                 match watch::send_reset(&id, seq) {
-                    Ok(()) => tracing::warn!(connection = %id, reason, "connection lost: reset"),
+                    Ok(()) => tracing::warn!(connection = %id, %reason, "connection lost: reset"),
                     Err(e) => {
-                        tracing::error!(connection = %id, reason, error = %e, "connection lost; sending the reset failed")
+                        tracing::error!(connection = %id, %reason, error = %e, "connection lost; sending the reset failed")
                     }
                 }
-                exit.ended.push((id, Some(reason.to_string())));
+                exit.ended.push((id, Some(reason)));
             }
         }
         for (id, end) in ended {
@@ -360,6 +379,32 @@ pub fn run_backup(
     }
     tracing::info!(still_spliced = exit.still_spliced, "backup agent stopped");
     Ok(exit)
+}
+
+/// Under the network lock: waits (at most [`ANSWER_WAIT`]) for each client's answer to its
+/// restored socket's window probe (the capture sees it even though the lock drops it), then
+/// re-seats the restored sockets whose client lacks server bytes (see `Splice::reseat`).
+fn reseat(watch: &mut watch::Watch, splices: &mut SpliceSet, exit: &mut BackupExit) {
+    let deadline = std::time::Instant::now() + ANSWER_WAIT;
+    loop {
+        watch.observe(splices);
+        if splices.all_acks_seen() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (lost, reseated) = splices.reseat_all();
+    if reseated > 0 {
+        tracing::info!(
+            reseated,
+            "restored sockets re-seated at their clients' acknowledgements"
+        );
+    }
+    for (id, reason) in lost {
+        tracing::warn!(connection = %id, %reason, "connection lost while re-seating its restored socket");
+        exit.restored.retain(|r| *r != id);
+        exit.ended.push((id, Some(reason)));
+    }
 }
 
 /// The distinct service addresses, checked against the prefix length.

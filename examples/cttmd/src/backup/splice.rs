@@ -10,9 +10,12 @@
 //!   to the restored socket.
 
 use super::shadow::{Comparison, READ_CHUNK};
+use super::takeover::{epoch_now, restore_options};
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::seq::SeqNumber;
+use cttm_core::snapshot::TcpState;
 use cttm_core::wire::SegmentRepr;
+use cttm_restore::repair::{FrozenConnection, restore_connection};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -148,6 +151,11 @@ pub(crate) struct Splice {
     sent_end: u64,
     /// The client showed it is ahead of what this host holds, since when.
     ahead: Option<ClientAhead>,
+    /// The client's latest acknowledgement seen since the restore (server stream offset),
+    /// with the window it advertised then (unscaled, as on the wire).
+    client_acked: Option<(u64, u16)>,
+    /// When the restore began (capture clock: microseconds since the Unix epoch).
+    restored_at: cttm_core::time::Instant,
 }
 
 /// Evidence that the client is ahead of the restored socket: it acknowledged server bytes
@@ -163,6 +171,9 @@ struct ClientAhead {
     /// The client's latest acknowledgement number: its `RCV.NXT`, the sequence number a
     /// reset must carry to be accepted (RFC 5961 §3.2).
     rcv_nxt: SeqNumber,
+    /// The client acknowledged server bytes up to this offset while this host had sent
+    /// only up to the second one: proof that it got bytes this host never held.
+    acked_unsent: Option<(u64, u64)>,
 }
 
 /// Where a splice starts, from the shadow session and the restored snapshot.
@@ -191,6 +202,8 @@ pub(crate) struct SpliceStart {
     /// Server offset of the first byte written to the restored socket (the primary's sent
     /// end: bytes before it are in the restored send queue).
     pub(crate) server_from: u64,
+    /// When the restore began (capture clock: microseconds since the Unix epoch).
+    pub(crate) restored_at: cttm_core::time::Instant,
 }
 
 impl Splice {
@@ -217,6 +230,8 @@ impl Splice {
             read_end: start.client_from,
             sent_end: start.server_from,
             ahead: None,
+            client_acked: None,
+            restored_at: start.restored_at,
         };
         splice
             .to_client
@@ -333,7 +348,12 @@ impl Splice {
     }
 
     /// Takes note of a segment the client sent (seen by the capture after takeover).
-    fn observe(&mut self, segment: &SegmentRepr<'_>, now: std::time::Instant) {
+    fn observe(
+        &mut self,
+        segment: &SegmentRepr<'_>,
+        captured: cttm_core::time::Instant,
+        now: std::time::Instant,
+    ) {
         if segment.flags.rst() || !segment.flags.ack() {
             return;
         }
@@ -342,6 +362,11 @@ impl Splice {
         let (Some(seq), Some(ack)) = (seq, ack) else {
             return;
         };
+        // Only a segment sent after the restore shows where the client stands now (one
+        // captured before may be read later: the capture ring hands frames out in blocks).
+        if captured >= self.restored_at && self.client_acked.is_none_or(|(a, _)| ack >= a) {
+            self.client_acked = Some((ack, segment.window));
+        }
         // A FIN occupies one sequence number after the data (tolerated on both streams).
         let client_ahead = seq > self.read_end + 1;
         let server_ahead = ack > self.sent_end + 1;
@@ -356,25 +381,147 @@ impl Splice {
             client: 0,
             server: 0,
             rcv_nxt: segment.ack,
+            acked_unsent: None,
         });
         if client_ahead {
             a.client = a.client.max(seq);
         }
         if server_ahead {
             a.server = a.server.max(ack);
+            // The primary sent these bytes and the client got them, but the backup never
+            // did (async mode). The restored socket drops every segment acknowledging data
+            // beyond its `SND.NXT` (net/ipv4/tcp_input.c, tcp_ack: "ack of unsent data"),
+            // so the client's acknowledgements never move it again: the connection cannot
+            // continue, whatever the standby produces later.
+            a.acked_unsent.get_or_insert((ack, self.sent_end));
         }
     }
 
-    /// The client's `RCV.NXT` when the client has been ahead of this host for `grace`
-    /// without the splice catching up (the backup lacks bytes the primary exchanged with the
-    /// client: they will never come).
-    fn lost(&mut self, now: std::time::Instant, grace: Duration) -> Option<SeqNumber> {
+    /// The client's `RCV.NXT` and the reason, when the connection cannot continue: at once
+    /// when the client acknowledged server bytes this host never held; when the client's
+    /// bytes have been ahead of this host for `grace` without the splice catching up (the
+    /// backup lacks client bytes the primary acknowledged: they will never come; a shorter
+    /// lead is only bytes in flight, which the client retransmits).
+    fn lost(&mut self, now: std::time::Instant, grace: Duration) -> Option<(SeqNumber, String)> {
         let a = self.ahead?;
-        if self.read_end + 1 >= a.client && self.sent_end + 1 >= a.server {
+        if let Some((acked, sent)) = a.acked_unsent {
+            return Some((
+                a.rcv_nxt,
+                format!(
+                    "the client acknowledged server bytes up to offset {} but the backup holds them only up to {sent}: the primary's bytes in between never reached the backup (async mode)",
+                    acked.saturating_sub(1)
+                ),
+            ));
+        }
+        if self.read_end + 1 >= a.client {
             self.ahead = None;
             return None;
         }
-        (now.saturating_duration_since(a.since) >= grace).then_some(a.rcv_nxt)
+        (now.saturating_duration_since(a.since) >= grace).then(|| {
+            (
+                a.rcv_nxt,
+                format!(
+                    "the client sent bytes up to offset {} but the backup stayed at {} for {} ms: client bytes the primary acknowledged never reached the backup (async mode)",
+                    a.client.saturating_sub(1),
+                    self.read_end,
+                    grace.as_millis()
+                ),
+            )
+        })
+    }
+
+    /// Re-creates the restored socket so that the server bytes the client lacks go out as new
+    /// data, under the network lock (no client segment is delivered meanwhile). Returns
+    /// whether it did.
+    ///
+    /// A socket restored with sent-but-unacknowledged bytes (the primary's segments still
+    /// held by output commit, or lost with its link) has no RTT sample: the kernel probes
+    /// the tail after `TCP_TIMEOUT_INIT` (1 s) and retransmits after a 3 s timeout
+    /// (net/ipv4/tcp_timer.c, RFC 6298 §2.1), and as every queued segment counts in flight
+    /// no new byte goes out meanwhile: the client stalls for seconds. Once the client's answer
+    /// to the restore's window probe shows its `RCV.NXT` (its acknowledgement), every byte
+    /// from there on is known to be missing on its side: the socket is dumped and closed in
+    /// repair mode (silently), restored with `SND.UNA = SND.NXT` = that acknowledgement, and
+    /// the bytes go back to the splice, which sends them as new data once the lock is
+    /// released (immediate transmission, normal ACK clocking).
+    fn reseat(&mut self) -> Result<bool, String> {
+        let Some((acked, window)) = self.client_acked else {
+            return Ok(false);
+        };
+        if self.client_shut {
+            return Ok(false);
+        }
+        let handle = self
+            .client
+            .try_clone()
+            .map_err(|e| format!("duplicating the restored socket: {e}"))?;
+        let frozen = FrozenConnection::freeze(handle)
+            .map_err(|e| format!("freezing the restored socket: {e}"))?;
+        let keep = |frozen: FrozenConnection, why: String| -> Result<bool, String> {
+            tracing::debug!(connection = %self.id, why, "restored socket kept as it is");
+            frozen
+                .thaw()
+                .map(|_| false)
+                .map_err(|e| format!("thawing the restored socket: {e}"))
+        };
+        let mut snapshot = match frozen.dump_at(epoch_now()) {
+            Ok(s) => s,
+            Err(e) => return keep(frozen, format!("dump failed: {e}")),
+        };
+        let Some(una) = snapshot.send.una.unwrap_near(self.server_base, acked) else {
+            return keep(frozen, "send sequence out of reach".into());
+        };
+        let end = una + snapshot.send.bytes.len() as u64;
+        if snapshot.state != TcpState::Established
+            || snapshot.send.fin
+            || snapshot.send.sent_unacked().is_empty()
+            || acked < una
+            || acked > end
+            || end != self.sent_end
+        {
+            return keep(
+                frozen,
+                format!(
+                    "nothing to re-send (state {:?}, client at {acked}, queue {una}..{end}, sent {})",
+                    snapshot.state, self.sent_end
+                ),
+            );
+        }
+        let skip = usize::try_from(acked - una).unwrap_or(usize::MAX);
+        let missing: VecDeque<u8> = snapshot.send.bytes.drain(..).skip(skip).collect();
+        snapshot.send.una = SeqNumber::from_offset(self.server_base, acked);
+        snapshot.send.unsent = 0;
+        // The window the client offers from its acknowledgement on (RFC 7323 §2.3 scaling):
+        // the dumped one was offered from the old `SND.UNA`, and keeping it would move the
+        // right edge past what the client accepts.
+        let shift = snapshot.options.window_scale.map_or(0, |w| w.send.min(14));
+        snapshot.window.snd_wnd = u32::from(window) << shift;
+        snapshot.window.max_window = snapshot.window.max_window.max(snapshot.window.snd_wnd);
+        frozen
+            .close()
+            .map_err(|e| format!("closing the restored socket: {e}"))?;
+        let restored = restore_connection(&snapshot, &restore_options())
+            .map_err(|e| format!("restoring again: {e}"))?
+            .into_stream();
+        restored
+            .set_nonblocking(true)
+            .and_then(|()| restored.set_nodelay(true))
+            .map_err(|e| format!("preparing the restored socket: {e}"))?;
+        // The old descriptor refers to a disconnected socket in repair mode: closing it
+        // sends nothing.
+        self.client = restored;
+        let resent = missing.len();
+        let mut to_client = missing;
+        to_client.append(&mut self.to_client);
+        self.to_client = to_client;
+        self.sent_end = acked;
+        self.fresh = true;
+        tracing::debug!(
+            connection = %self.id,
+            resent,
+            "restored socket re-seated at the client's acknowledgement"
+        );
+        Ok(true)
     }
 
     /// Ends the connection abruptly: both sockets closed with a reset (`SO_LINGER` 0).
@@ -453,29 +600,60 @@ impl SpliceSet {
         }
     }
 
+    /// True when every spliced client's acknowledgement has been seen since its restore.
+    pub(crate) fn all_acks_seen(&self) -> bool {
+        self.splices.values().all(|s| s.client_acked.is_some())
+    }
+
+    /// [`Splice::reseat`] for every connection (call it under the network lock, before any
+    /// byte is moved). Returns the connections lost on the way (removed, standby reset),
+    /// with the reason, and how many were re-seated.
+    pub(crate) fn reseat_all(&mut self) -> (Vec<(ConnectionId, String)>, usize) {
+        let mut lost = Vec::new();
+        let mut reseated = 0;
+        for splice in self.splices.values_mut() {
+            match splice.reseat() {
+                Ok(true) => reseated += 1,
+                Ok(false) => {}
+                Err(reason) => lost.push((splice.id, reason)),
+            }
+        }
+        for (id, _) in &lost {
+            if let Some(splice) = self.splices.remove(id) {
+                splice.abort();
+            }
+        }
+        (lost, reseated)
+    }
+
     /// Takes note of a segment seen by the capture after takeover (only segments from a
     /// spliced connection's client count).
-    pub(crate) fn observe(&mut self, segment: &SegmentRepr<'_>, now: std::time::Instant) {
+    pub(crate) fn observe(
+        &mut self,
+        segment: &SegmentRepr<'_>,
+        captured: cttm_core::time::Instant,
+        now: std::time::Instant,
+    ) {
         let id = ConnectionId {
             client: segment.src,
             server: segment.dst,
         };
         if let Some(splice) = self.splices.get_mut(&id) {
-            splice.observe(segment, now);
+            splice.observe(segment, captured, now);
         }
     }
 
-    /// Removes (closing both sockets with a reset) the connections whose client has been
-    /// ahead of this host for `grace`, with the sequence number a reset to the client must
-    /// carry.
-    pub(crate) fn take_lost(&mut self, grace: Duration) -> Vec<(ConnectionId, SeqNumber)> {
+    /// Removes (closing both sockets with a reset) the connections that cannot continue
+    /// because the client is ahead of this host (see [`Splice::lost`]), with the sequence
+    /// number a reset to the client must carry and the reason.
+    pub(crate) fn take_lost(&mut self, grace: Duration) -> Vec<(ConnectionId, SeqNumber, String)> {
         let now = std::time::Instant::now();
         let lost: Vec<_> = self
             .splices
             .values_mut()
-            .filter_map(|s| s.lost(now, grace).map(|seq| (s.id, seq)))
+            .filter_map(|s| s.lost(now, grace).map(|(seq, why)| (s.id, seq, why)))
             .collect();
-        for (id, _) in &lost {
+        for (id, _, _) in &lost {
             if let Some(splice) = self.splices.remove(id) {
                 splice.abort();
             }
@@ -551,6 +729,7 @@ mod tests {
             server_base: SeqNumber(5000),
             client_from: 3,
             server_from: 2,
+            restored_at: cttm_core::time::Instant::from_micros(0),
         };
         let mut set = SpliceSet::new();
         set.add(Splice::start(id(), start).unwrap());
@@ -589,6 +768,7 @@ mod tests {
             server_base: SeqNumber(5000),
             client_from: 3,
             server_from: 2,
+            restored_at: cttm_core::time::Instant::from_micros(0),
         };
         let mut set = SpliceSet::new();
         set.add(Splice::start(id(), start).unwrap());

@@ -4,9 +4,11 @@
 //!
 //! The order matters. The address must be local before a half-closed connection is restored
 //! (the client's FIN is replayed through the local stack). The announcement comes after every
-//! restore: until then the neighbours keep sending to the dead primary's link-layer address,
-//! so no client segment reaches this host before its connection's socket exists (a segment
-//! that met no socket would be answered with a reset, RFC 9293 §3.10.7.1).
+//! restore. A neighbour may still learn the new location earlier (a restored socket's window
+//! probe, or its neighbour solicitation, carries the service address), so the agent holds a
+//! network lock (`lock`) from before the claim until the last restore: no client segment is
+//! delivered before its connection's socket exists (one that met no socket would be answered
+//! with a reset by the standby daemon's listener, RFC 9293 §3.10.7.1).
 
 use super::shadow::{Protection, Shadow};
 use super::splice::{Splice, SpliceStart};
@@ -128,6 +130,8 @@ pub(crate) fn take_over_connection(
     shadow: Option<Shadow>,
 ) -> Outcome {
     let id = snapshot.id;
+    let promoted = established_after_syn_ack(snapshot);
+    let snapshot = promoted.as_ref().unwrap_or(snapshot);
     let reason = match blocking_reason(store, snapshot, shadow.as_ref()) {
         Ok(start) => {
             let Some(shadow) = shadow else {
@@ -149,6 +153,26 @@ pub(crate) fn take_over_connection(
         tracing::error!(connection = %id, error = %e, "sending the reset failed");
     }
     Outcome::Reset(reason)
+}
+
+/// The snapshot to restore for a connection whose SYN-ACK the primary sent but whose third
+/// ACK the backup never held (state SYN-RECEIVED, [`Restorability::HandshakeIncomplete`]).
+///
+/// The primary releases a SYN-ACK once the backup holds the handshake (output commit), so the
+/// client may already be ESTABLISHED and about to send its first request: leaving the
+/// connection unrestored would answer that request with a reset. It is restored ESTABLISHED
+/// at ISS+1 / IRS+1 instead, as if the third ACK had arrived (RFC 9293 §3.10.7.3: that ACK
+/// only moves SYN-RECEIVED to ESTABLISHED). A client that never got the SYN-ACK keeps
+/// retransmitting its SYN, which the restored socket answers with an ACK that a SYN-SENT
+/// client ignores; its connect then fails as on any handshake lost in the network.
+fn established_after_syn_ack(snapshot: &ConnectionSnapshot) -> Option<ConnectionSnapshot> {
+    let waiting_for_third_ack = snapshot.restorability == Restorability::HandshakeIncomplete
+        && snapshot.state == TcpState::SynReceived;
+    waiting_for_third_ack.then(|| ConnectionSnapshot {
+        state: TcpState::Established,
+        restorability: Restorability::Restorable,
+        ..snapshot.clone()
+    })
 }
 
 /// Where the client's bytes of a restorable connection start, or why it must be reset.
@@ -242,6 +266,7 @@ fn restore_and_splice(
     let Some(standby) = shadow.standby.take() else {
         return Err(ResetReason::NoShadow("the shadow session is closed".into()));
     };
+    let restored_at = epoch_now();
     let client = match start.acknowledge_to {
         None => restore(snapshot),
         Some(offset) => {
@@ -264,12 +289,13 @@ fn restore_and_splice(
         server_base: snapshot.server_isn.add(1),
         client_from: start.client_from,
         server_from: start.server_from,
+        restored_at,
     };
     Splice::start(snapshot.id, start)
         .map_err(|e| ResetReason::RestoreFailed(format!("preparing the splice: {e}")))
 }
 
-fn restore_options() -> RestoreOptions {
+pub(crate) fn restore_options() -> RestoreOptions {
     RestoreOptions::at(epoch_now()).with_clock(ClockPolicy::Correct {
         margin: CLOCK_CORRECTION,
     })
@@ -324,4 +350,68 @@ pub(crate) fn connections(store: &ReplicaStore) -> Vec<ConnectionSnapshot> {
         .into_iter()
         .filter(|s| !matches!(s.restorability, Restorability::Closed))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cttm_core::event::{ConnectionEvent, EventKind, Handshake};
+    use cttm_core::record::{ClientRetention, ConnectionRecord};
+    use cttm_core::{ConnectionId, Instant};
+
+    fn syn_received_snapshot() -> ConnectionSnapshot {
+        let id = ConnectionId {
+            client: "198.18.0.1:40000".parse().expect("addr"),
+            server: "198.18.0.10:7000".parse().expect("addr"),
+        };
+        let handshake = Handshake {
+            client_mss: Some(1460),
+            client_syn_window: 64240,
+            server_syn_window: 65160,
+            ..Handshake::without_options(SeqNumber(1000), SeqNumber(5000))
+        };
+        ConnectionRecord::open(id, Instant::ZERO, handshake, ClientRetention::DropOnAck).snapshot()
+    }
+
+    #[test]
+    fn a_connection_waiting_for_its_third_ack_is_restored_established() {
+        let snapshot = syn_received_snapshot();
+        assert_eq!(snapshot.state, TcpState::SynReceived);
+        assert_eq!(snapshot.restorability, Restorability::HandshakeIncomplete);
+        let promoted = established_after_syn_ack(&snapshot).expect("promoted");
+        assert_eq!(promoted.state, TcpState::Established);
+        assert_eq!(promoted.restorability, Restorability::Restorable);
+        // ISS+1 and IRS+1: what the client's third ACK and first data segment carry.
+        assert_eq!(promoted.send.una, SeqNumber(5001));
+        assert_eq!(promoted.receive.next, SeqNumber(1001));
+        assert!(promoted.send.bytes.is_empty() && promoted.receive.bytes.is_empty());
+    }
+
+    #[test]
+    fn other_connections_are_left_as_they_are() {
+        let mut record = {
+            let s = syn_received_snapshot();
+            let handshake = Handshake::without_options(s.client_isn, s.server_isn);
+            ConnectionRecord::open(s.id, Instant::ZERO, handshake, ClientRetention::DropOnAck)
+        };
+        let third_ack = ConnectionEvent {
+            id: record.id(),
+            at: Instant::from_millis(1),
+            kind: EventKind::ClientAck {
+                offset: 0,
+                seq_offset: 0,
+                window: 64240,
+                timestamps: None,
+            },
+        };
+        record.apply(&third_ack).expect("third ACK");
+        assert_eq!(established_after_syn_ack(&record.snapshot()), None);
+        let mid_stream = ConnectionRecord::open(
+            record.id(),
+            Instant::ZERO,
+            Handshake::mid_stream(SeqNumber(1), SeqNumber(2)),
+            ClientRetention::DropOnAck,
+        );
+        assert_eq!(established_after_syn_ack(&mid_stream.snapshot()), None);
+    }
 }

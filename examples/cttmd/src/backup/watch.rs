@@ -3,10 +3,12 @@
 //! primary may have exchanged bytes with the client that never reached the backup: the
 //! client then acknowledges server bytes this host never sent (the restored socket drops
 //! those segments as acknowledging unsent data) or waits for answers to client bytes the
-//! primary acknowledged and this host never received. Such a connection would hang; once the
-//! splice has not caught up within a grace period, it is ended with a reset carrying the
-//! client's own `RCV.NXT` (taken from its acknowledgements), which the client accepts
-//! (RFC 9293 §3.10.7.4, RFC 5961 §3.2).
+//! primary acknowledged and this host never received. Such a connection would hang. It is
+//! ended with a reset carrying the client's own `RCV.NXT` (taken from its acknowledgements),
+//! which the client accepts (RFC 9293 §3.10.7.4, RFC 5961 §3.2): at the first segment that
+//! acknowledges server bytes this host never held, or once client bytes beyond a hole have
+//! not been filled within a grace period (a hole may be bytes in flight the client
+//! retransmits).
 
 use super::splice::SpliceSet;
 use cttm_capture::CaptureSource;
@@ -56,7 +58,7 @@ impl Watch {
         let now = Instant::now();
         let result = self.source.read_batch(Duration::ZERO, &mut |frame| {
             if let Ok(segment) = parse_frame(frame.link, frame.data) {
-                splices.observe(&segment, now);
+                splices.observe(&segment, frame.at, now);
             }
         });
         if let Err(e) = result {

@@ -8,9 +8,10 @@
 //!   service's incoming segments (INPUT, accepted right after tracking) and its outgoing
 //!   segments (OUTPUT, held). Each outgoing segment waits in a
 //!   [`cttm_core::commit::OutputCommit`] gate until the backup acknowledged every client
-//!   byte the segment acknowledges and every server byte up to its end (a SYN-ACK: until the
-//!   backup holds the handshake), then leaves, in order per connection, in batches. Nothing
-//!   the client has seen can be unknown to the backup. When the backup is unreachable the
+//!   byte the segment acknowledges and every server byte up to its end, each FIN counting as
+//!   one more offset (a SYN-ACK: until the backup holds the handshake), then leaves, in
+//!   order per connection, in batches. Nothing the client has seen can be unknown to the
+//!   backup, the end of a stream included. When the backup is unreachable the
 //!   segments stay held (the kernel queue bounds them; TCP retransmits past it).
 //! - **Async mode** ([`CommitMode::Async`]): AF_PACKET capture on the service interface; no
 //!   segment is held. The [`PrimaryStatus`] reports, per connection, the bytes a crash now
@@ -47,8 +48,8 @@ pub struct PrimaryExit {
     pub held: u64,
     /// Held packets released because the backup acknowledged what they reveal.
     pub released: u64,
-    /// Held packets released without that, because their connection ended or became
-    /// unprotectable, or because the agent stopped.
+    /// Held packets released without that, because their connection was reset, evicted or
+    /// forgotten, or became unprotectable, or because the agent stopped.
     pub released_unprotected: u64,
     /// Packets accepted at once (incoming segments, packets of unprotected connections).
     pub passed: u64,

@@ -6,7 +6,8 @@ use crate::options::PrimaryOptions;
 use cttm_capture::CaptureSource;
 use cttm_capture::nfqueue::{NfqueueConfig, NfqueueSource, PacketId, QueueDirections};
 use cttm_core::commit::{CommitRequirement, OutputCommit};
-use cttm_core::event::Side;
+use cttm_core::event::{CloseHow, Side};
+use cttm_core::record::ConnectionRecord;
 use cttm_core::wire::parse_frame;
 use cttm_core::{SegmentRepr, ServiceSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +15,11 @@ use std::time::Duration;
 
 /// How long a read waits for the first packet while nothing is held (the stop latency).
 const IDLE_READ_TIMEOUT: Duration = Duration::from_millis(20);
-/// How long a read waits while packets are held: acknowledgements from the backup do not
-/// wake the reader, so it looks at them at least this often.
-const HOLDING_READ_TIMEOUT: Duration = Duration::from_micros(200);
+/// While packets are held, the loop reads the queue without waiting, then waits at most
+/// this long for the backup's next acknowledgement (woken the moment it arrives), so a
+/// held packet leaves about one replication round trip after its events were shipped, and
+/// newly queued packets wait at most this long to be read.
+const HOLDING_ACK_WAIT: Duration = Duration::from_micros(100);
 
 pub(super) fn run(
     options: &PrimaryOptions,
@@ -80,9 +83,9 @@ fn serve(
         let timeout = if gate.is_empty() {
             IDLE_READ_TIMEOUT
         } else {
-            HOLDING_READ_TIMEOUT
+            Duration::ZERO
         };
-        source
+        let read = source
             .read_held(timeout, &mut |held| {
                 let decision = match parse_frame(held.frame.link, held.frame.data) {
                     Ok(segment) => {
@@ -108,15 +111,11 @@ fn serve(
             .map_err(PrimaryError::Capture)?;
         agent.on_capture_drops(source.stats().dropped);
         agent.ship();
-        // Connections that closed or can no longer be restored give up their packets.
+        // Connections reset, evicted, forgotten or no longer restorable give up their
+        // packets. A graceful close keeps holding: its last segments reveal FINs.
         let finished: Vec<_> = gate
             .connections()
-            .filter(|id| {
-                agent
-                    .tracker
-                    .record(id)
-                    .is_none_or(|r| r.closed().is_some() || r.unsafe_reason().is_some())
-            })
+            .filter(|id| agent.tracker.record(id).is_none_or(gives_up_output))
             .copied()
             .collect();
         for id in finished {
@@ -133,6 +132,12 @@ fn serve(
         agent.stats.released_unprotected = stats.released_unprotected;
         let held_total = gate.len();
         agent.housekeeping(&|id| gate.held_for(id), held_total);
+        if read == 0 && !gate.is_empty() {
+            // Nothing new queued and packets still wait for the backup: sleep until its
+            // next acknowledgement (or a short while), not a fixed polling interval.
+            let acked = agent.service.acked_seq();
+            agent.service.wait_acked(acked + 1, HOLDING_ACK_WAIT);
+        }
     }
     Ok(())
 }
@@ -152,24 +157,29 @@ fn decide(agent: &Agent, services: &ServiceSet, segment: &SegmentRepr<'_>) -> De
         // Not tracked (a stray segment, a full table): nothing the backup could restore.
         return Decision::Accept;
     };
-    if record.closed().is_some() || record.unsafe_reason().is_some() {
+    if gives_up_output(record) {
         return Decision::AcceptAfterHeld(id);
     }
     if segment.flags.syn() {
         return Decision::Hold(id, CommitRequirement::Handshake);
     }
-    // The record already includes this segment. A FIN takes a sequence offset but is not a
-    // byte (RFC 9293 §3.4); the backup's acknowledged offsets count bytes only, so both ends
-    // are taken in bytes. Consequence: a FIN (the server's, or the acknowledgement of the
-    // client's) may leave before the backup holds it; a connection restored from that state
-    // closes again when the standby closes, or is reset.
-    let client = record.stream(Side::Client);
-    let server = record.stream(Side::Server);
+    // The record already includes this segment. Both ends are in sequence space, where a FIN
+    // takes one offset (RFC 9293 §3.4): the client stream's acknowledged offset counts the
+    // client's FIN once the server acknowledged it, and the server stream's sequence end
+    // counts the server's FIN once sent. So the server's FIN, and its acknowledgement of the
+    // client's FIN, leave only once the backup holds that FIN (its acknowledged offsets
+    // count FINs the same way), and a close never waits for more than the backup can hold.
     Decision::Hold(
         id,
         CommitRequirement::Offsets {
-            client: client.acked().min(client.received_end()),
-            server: server.received_end(),
+            client: record.stream(Side::Client).acked(),
+            server: record.stream(Side::Server).sequence_end(),
         },
     )
+}
+
+/// True when holding the connection's output protects nothing any more: it was reset or
+/// evicted, or can no longer be restored. A graceful close still holds (see [`decide`]).
+fn gives_up_output(record: &ConnectionRecord) -> bool {
+    record.unsafe_reason().is_some() || record.closed().is_some_and(|how| how != CloseHow::Graceful)
 }

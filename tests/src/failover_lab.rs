@@ -1,0 +1,299 @@
+//! A three-host crash-failover lab: a client, a primary and a backup on one bridge, the
+//! reference daemon kvd running on both servers, and whichever agents the caller starts.
+//!
+//! | host | addresses | runs |
+//! |---|---|---|
+//! | client | 198.18.0.1/24, 2001:db8::1/64 | the test's clients |
+//! | primary | 198.18.0.2/24, 2001:db8::2/64 + the service address | kvd on `[::]:7000`, the primary agent |
+//! | backup | 198.18.0.3/24, 2001:db8::3/64 | kvd on `[::]:7000` (the standby), the backup agent (replication on 198.18.0.3:7700) |
+//!
+//! The service address is 198.18.0.10/24 ([`ServiceFamily::V4`]) or 2001:db8::10/64
+//! ([`ServiceFamily::V6`]). kvd listens on the IPv6 wildcard, which on Linux (with the
+//! default `net.ipv6.bindv6only = 0`) also accepts IPv4: the standby answers the shadow
+//! sessions on 127.0.0.1 and, once the backup claimed the service address, new clients.
+//!
+//! This crate cannot depend on the agents (they depend on it), so the agents are closures
+//! the caller gives to [`FailoverLab::spawn_agent`]: each runs on a thread inside its host's
+//! namespace with a stop flag, e.g.
+//! `lab.spawn_agent(&lab.backup, move |stop| cttmd::backup::run_backup(options, stop))`.
+//!
+//! [`FailoverLab::crash`] is the crash: the primary's switch port goes down (nothing it
+//! sends reaches anyone, no FIN, no RST), then its agent stops and its daemon's connections
+//! are closed (into the void) so their threads and descriptors are freed.
+
+use crate::lab::{Lab, LabError, Netns};
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The service port (kvd's, on both servers).
+pub const SERVICE_PORT: u16 = 7000;
+/// The backup agent's replication address.
+pub const REPLICATION: &str = "198.18.0.3:7700";
+/// The pre-shared key of the lab's replication link.
+pub const REPLICATION_KEY: [u8; 32] = *b"cttm failover lab shared key 001";
+/// How often an idle accept loop looks at its stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(5);
+
+/// The address family of the service address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceFamily {
+    /// 198.18.0.10/24.
+    V4,
+    /// 2001:db8::10/64.
+    V6,
+}
+
+impl ServiceFamily {
+    fn cidr(self) -> &'static str {
+        match self {
+            ServiceFamily::V4 => "198.18.0.10/24",
+            ServiceFamily::V6 => "2001:db8::10/64",
+        }
+    }
+
+    /// The service address and port clients connect to.
+    pub fn service(self) -> SocketAddr {
+        match self {
+            ServiceFamily::V4 => SocketAddr::from(([198, 18, 0, 10], SERVICE_PORT)),
+            ServiceFamily::V6 => {
+                SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10], SERVICE_PORT))
+            }
+        }
+    }
+
+    /// The prefix length the service address has (and gets when the backup claims it).
+    pub fn prefix_len(self) -> u8 {
+        match self {
+            ServiceFamily::V4 => 24,
+            ServiceFamily::V6 => 64,
+        }
+    }
+}
+
+/// A kvd server whose connections can all be closed at once (the crash of its host).
+struct Daemon {
+    stop: Arc<AtomicBool>,
+    /// A second handle on each open connection, by accept number, to close it at the
+    /// crash; removed when its serving thread ends (so the socket closes and sends its FIN).
+    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Binds `[::]:SERVICE_PORT` inside `host` and serves it with kvd.
+    fn start(host: &Netns) -> Result<Daemon, LabError> {
+        let address = SocketAddr::from(([0u16; 8], SERVICE_PORT));
+        let listener = host
+            .run(move || TcpListener::bind(address))?
+            .map_err(|e| LabError(format!("kvd cannot listen on {address}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(HashMap::new()));
+        let acceptor = {
+            let (stop, connections) = (stop.clone(), connections.clone());
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            accepted += 1;
+                            let number = accepted;
+                            if let Ok(clone) = stream.try_clone() {
+                                lock(&connections).insert(number, clone);
+                            }
+                            let connections = connections.clone();
+                            std::thread::spawn(move || {
+                                let _ = cttm_kvd::serve_connection(
+                                    stream,
+                                    cttm_kvd::ServerOptions::default(),
+                                );
+                                lock(&connections).remove(&number);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(ACCEPT_POLL),
+                    }
+                }
+            })
+        };
+        Ok(Daemon {
+            stop,
+            connections,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// Stops accepting and closes every connection (their serving threads then end).
+    fn kill(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for (_, c) in lock(&self.connections).drain() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An agent running on a thread inside a lab host, with its stop flag. Dropping it stops it
+/// and waits for it.
+#[derive(Debug)]
+pub struct Agent<T> {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<T>>,
+}
+
+impl<T> Agent<T> {
+    /// The agent ended on its own (an error, or a panic).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the agent and returns what it returned (`None` if it panicked).
+    pub fn stop(mut self) -> Option<T> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl<T> Drop for Agent<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The three hosts, the lab joining them and the kvd daemons on the two servers.
+pub struct FailoverLab {
+    lab: Lab,
+    /// The client host.
+    pub client: Netns,
+    /// The primary host (holds the service address until it crashes).
+    pub primary: Netns,
+    /// The backup host.
+    pub backup: Netns,
+    /// The address family of the service address.
+    pub family: ServiceFamily,
+    primary_daemon: Daemon,
+    standby_daemon: Daemon,
+}
+
+impl std::fmt::Debug for FailoverLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverLab")
+            .field("lab", &self.lab)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailoverLab {
+    /// Builds the hosts and starts kvd on the primary and the backup. `tag` (a few letters)
+    /// appears in the namespace names.
+    pub fn new(tag: &str, family: ServiceFamily) -> Result<FailoverLab, LabError> {
+        let mut lab = Lab::new(tag)?;
+        let client = lab.add_host("c", &["198.18.0.1/24", "2001:db8::1/64"])?;
+        let primary = lab.add_host("p", &["198.18.0.2/24", "2001:db8::2/64", family.cidr()])?;
+        let backup = lab.add_host("b", &["198.18.0.3/24", "2001:db8::3/64"])?;
+        let primary_daemon = Daemon::start(&primary)?;
+        let standby_daemon = Daemon::start(&backup)?;
+        Ok(FailoverLab {
+            lab,
+            client,
+            primary,
+            backup,
+            family,
+            primary_daemon,
+            standby_daemon,
+        })
+    }
+
+    /// The lab (to cut or reconnect hosts by hand).
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// The service address and port clients connect to.
+    pub fn service(&self) -> SocketAddr {
+        self.family.service()
+    }
+
+    /// The prefix length of the service address.
+    pub fn service_prefix_len(&self) -> u8 {
+        self.family.prefix_len()
+    }
+
+    /// The backup agent's replication address.
+    pub fn replication(&self) -> SocketAddr {
+        REPLICATION.parse().expect("a valid socket address")
+    }
+
+    /// Where the backup's standby daemon answers its shadow sessions.
+    pub fn standby(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT))
+    }
+
+    /// Runs `agent` on a thread inside `host` with a fresh stop flag.
+    pub fn spawn_agent<T: Send + 'static>(
+        &self,
+        host: &Netns,
+        agent: impl FnOnce(Arc<AtomicBool>) -> T + Send + 'static,
+    ) -> Result<Agent<T>, LabError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            host.spawn(move || agent(stop))?
+        };
+        Ok(Agent {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The crash of the primary: its switch port goes down, then `primary_agent` stops (what
+    /// it still sends goes nowhere) and the primary's daemon closes every connection.
+    /// Returns when the port went down and what the agent returned.
+    pub fn crash<T>(&mut self, primary_agent: Agent<T>) -> Result<(Instant, Option<T>), LabError> {
+        self.lab.cut(&self.primary)?;
+        let crashed_at = Instant::now();
+        let exit = primary_agent.stop();
+        self.primary_daemon.kill();
+        Ok((crashed_at, exit))
+    }
+}
+
+impl Drop for FailoverLab {
+    fn drop(&mut self) {
+        self.primary_daemon.kill();
+        self.standby_daemon.kill();
+    }
+}
+
+/// Waits until `done` holds, checking every 10 ms; false if `limit` passed first.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

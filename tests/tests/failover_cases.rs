@@ -1,0 +1,923 @@
+//! Crash failover in the cases that matter, end to end with the real agents in sync mode
+//! (output commit) in a [`FailoverLab`]: a client, a primary running kvd and
+//! `cttmd::primary::run_primary_monitored`, a backup running kvd (the standby) and
+//! `cttmd::backup::run_backup`. The crash: the primary's switch port goes down (no FIN, no
+//! RST escapes), then its agent stops and its daemon's sockets close into the void.
+//!
+//! Every answer the client gets is checked against [`cttm_kvd::Session`] (and `STREAM`
+//! bytes against [`StreamGenerator`]), so a lost, duplicated or changed byte in either
+//! direction fails the test. Every socket has read and write timeouts and every loop a
+//! deadline and a count bound: a hang is a failure, not a stuck run. Each test prints the
+//! longest stall a client saw (no assertion on it: speed is the blackout benchmark's job).
+//!
+//! | test | the crash comes |
+//! |---|---|
+//! | `handshakes_in_flight` | while clients open connections in a loop |
+//! | `upload_in_progress` | during a 6 MB client → server transfer (a quarter acknowledged) |
+//! | `download_in_progress` | during an 8 MB `STREAM` server → client (2 MB received) |
+//! | `idle_connections` | while every connection is idle |
+//! | `unmodified_socat_client` | while `socat` (Debian's, unmodified) receives a 3 MB `STREAM` |
+//! | `ipv6_service_address` | mid-traffic, service address 2001:db8::10 |
+//!
+//! The tests take turns (one lab at a time): several labs with agents on two cores would
+//! make heartbeats late enough to look like crashes.
+
+use cttm_kvd::{Reply, Session, StreamGenerator};
+use cttm_restore::repair::socket_tcp_info;
+use cttm_tests::failover_lab::{Agent, FailoverLab, REPLICATION_KEY, ServiceFamily, wait_until};
+use cttm_tests::lab::kernel_tests_enabled;
+use cttmd::backup::{BackupError, BackupExit, run_backup};
+use cttmd::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions};
+use cttmd::primary::{PrimaryError, PrimaryExit, PrimaryMonitor, run_primary_monitored};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Heartbeats every 50 ms; 8 missed (400 ms) declare the primary dead.
+const HEARTBEAT: HeartbeatOptions = HeartbeatOptions {
+    interval: Duration::from_millis(50),
+    misses: 8,
+};
+/// A client waiting this long for a byte counts as hung.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest any one test's traffic may run.
+const TEST_LIMIT: Duration = Duration::from_secs(90);
+
+/// One lab at a time (see the module documentation).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type PrimaryAgent = Agent<Result<PrimaryExit, PrimaryError>>;
+type BackupAgent = Agent<Result<BackupExit, BackupError>>;
+
+/// The lab with both agents running and the replication link up.
+struct Rig {
+    lab: FailoverLab,
+    primary: Option<PrimaryAgent>,
+    backup: Option<BackupAgent>,
+}
+
+impl Rig {
+    fn start(tag: &str, family: ServiceFamily, queue: u16) -> Rig {
+        let lab = FailoverLab::new(tag, family).expect("lab");
+        let backup_options = BackupOptions {
+            services: vec![lab.service()],
+            service_prefix_len: lab.service_prefix_len(),
+            interface: "eth0".into(),
+            listen: lab.replication(),
+            key: REPLICATION_KEY,
+            standby: lab.standby(),
+            heartbeat: HEARTBEAT,
+            announce_count: 3,
+        };
+        let backup = lab
+            .spawn_agent(&lab.backup, move |stop| run_backup(backup_options, stop))
+            .expect("backup agent");
+        let primary_options = PrimaryOptions {
+            services: vec![lab.service()],
+            interface: "eth0".into(),
+            backup: lab.replication(),
+            key: REPLICATION_KEY,
+            mode: CommitMode::Sync,
+            heartbeat: HEARTBEAT,
+            retention_limit: 64 << 20,
+            queue,
+        };
+        let monitor = PrimaryMonitor::new();
+        let primary = {
+            let monitor = monitor.clone();
+            lab.spawn_agent(&lab.primary, move |stop| {
+                run_primary_monitored(primary_options, stop, monitor)
+            })
+            .expect("primary agent")
+        };
+        let mut rig = Rig {
+            lab,
+            primary: Some(primary),
+            backup: Some(backup),
+        };
+        // Connections start once the rules are in place and the link is up, so every one
+        // is protected from its handshake on.
+        let ready = wait_until(Duration::from_secs(20), || {
+            for (name, finished) in [
+                (
+                    "primary",
+                    rig.primary.as_ref().is_some_and(Agent::is_finished),
+                ),
+                (
+                    "backup",
+                    rig.backup.as_ref().is_some_and(Agent::is_finished),
+                ),
+            ] {
+                if finished {
+                    let primary = rig.primary.take().and_then(Agent::stop);
+                    let backup = rig.backup.take().and_then(Agent::stop);
+                    panic!("the {name} agent stopped early: {primary:?} {backup:?}");
+                }
+            }
+            monitor.status().is_some_and(|s| s.link_up)
+        });
+        assert!(ready, "the replication link did not come up");
+        rig
+    }
+
+    fn service(&self) -> SocketAddr {
+        self.lab.service()
+    }
+
+    /// The crash; returns when it happened.
+    fn crash(&mut self) -> Instant {
+        let primary = self.primary.take().expect("the primary runs");
+        let (at, exit) = self.lab.crash(primary).expect("crash the primary");
+        let exit = exit.expect("the primary agent did not panic");
+        assert!(exit.is_ok(), "the primary agent failed: {exit:?}");
+        at
+    }
+
+    /// Stops the backup agent and returns what it did.
+    fn finish(mut self) -> BackupExit {
+        self.backup
+            .take()
+            .and_then(Agent::stop)
+            .expect("the backup agent did not panic")
+            .expect("the backup agent ran without error")
+    }
+}
+
+/// A kvd client that checks every answer against its own [`Session`] oracle.
+struct KvClient {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    oracle: Session,
+    longest_stall: Duration,
+}
+
+impl KvClient {
+    fn connect(service: SocketAddr, timeout: Duration) -> std::io::Result<KvClient> {
+        let stream = TcpStream::connect_timeout(&service, timeout)?;
+        KvClient::from_stream(stream)
+    }
+
+    fn from_stream(stream: TcpStream) -> std::io::Result<KvClient> {
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(KvClient {
+            reader: BufReader::with_capacity(256 << 10, stream.try_clone()?),
+            writer: stream,
+            oracle: Session::new(),
+            longest_stall: Duration::ZERO,
+        })
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.writer.local_addr().expect("local address")
+    }
+
+    /// Sends one request line and checks its one-line answer.
+    fn request(&mut self, line: &str) -> Result<(), String> {
+        let started = Instant::now();
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| format!("writing {line:?}: {e}"))?;
+        let expected = match self.oracle.handle(line.as_bytes()) {
+            Reply::Line(text) => format!("{text}\n"),
+            Reply::Bye => "BYE\n".to_string(),
+            Reply::Stream { .. } => return Err("use stream() for STREAM".into()),
+        };
+        self.expect_line(&expected, line)?;
+        self.longest_stall = self.longest_stall.max(started.elapsed());
+        Ok(())
+    }
+
+    fn expect_line(&mut self, expected: &str, request: &str) -> Result<(), String> {
+        let mut answer = String::new();
+        match self.reader.read_line(&mut answer) {
+            Ok(0) => Err(format!("the server closed before answering {request:?}")),
+            Ok(_) if answer == expected => Ok(()),
+            Ok(_) => Err(format!(
+                "wrong answer to {request:?}: {answer:?}, expected {expected:?} (a byte was lost, duplicated or changed)"
+            )),
+            Err(e) => Err(format!("reading the answer to {request:?}: {e}")),
+        }
+    }
+
+    /// `QUIT`: `BYE`, then the server's FIN (nothing more).
+    fn quit(mut self) -> Result<Duration, String> {
+        self.request("QUIT")?;
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .map_err(|e| format!("waiting for the close after BYE: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after BYE", rest.len()));
+        }
+        Ok(self.longest_stall)
+    }
+}
+
+/// A line of `len` letters, different for each `seed`.
+fn text(seed: u64, len: usize) -> String {
+    let mut generator = StreamGenerator::new(seed ^ 0x5eed, len as u64);
+    let mut bytes = vec![0u8; len];
+    generator.fill(&mut bytes);
+    String::from_utf8(bytes).expect("letters")
+}
+
+fn print_stall(test: &str, stall: Duration, extra: &str) {
+    println!(
+        "{test}: longest stall {:.0} ms; {extra}",
+        stall.as_secs_f64() * 1e3
+    );
+}
+
+/// (a) Clients open connections in a loop while the primary dies. Every connection the
+/// client saw established completes its exchanges and its clean close; one whose handshake
+/// had not completed may fail to connect (bounded retries), never hang.
+#[test]
+fn handshakes_in_flight() {
+    if !kernel_tests_enabled("handshakes_in_flight") {
+        return;
+    }
+    let _serial = serial();
+    const CLIENTS: usize = 8;
+    const MAX_CONNECTIONS_PER_CLIENT: usize = 2000;
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+    /// A handshake this slow lost a segment to the crash (the SYN is retransmitted after
+    /// 1 s): it was in flight when the primary died.
+    const SLOW_CONNECT: Duration = Duration::from_millis(300);
+    let mut rig = Rig::start("fch", ServiceFamily::V4, 31);
+    let service = rig.service();
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + TEST_LIMIT;
+    // Each client: (completed, connect failures, longest stall, failures after established,
+    // slow handshakes)
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (stop, completed) = (stop.clone(), completed.clone());
+            rig.lab
+                .client
+                .spawn(move || {
+                    let mut done = 0usize;
+                    let mut connect_failures = Vec::new();
+                    let mut broken = Vec::new();
+                    let mut stall = Duration::ZERO;
+                    let mut slow_connects = 0usize;
+                    for n in 0..MAX_CONNECTIONS_PER_CLIENT {
+                        if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                            break;
+                        }
+                        let started = Instant::now();
+                        let mut client = match KvClient::connect(service, CONNECT_TIMEOUT) {
+                            Ok(client) => client,
+                            Err(e) => {
+                                connect_failures.push(format!("{e} after {:?}", started.elapsed()));
+                                continue;
+                            }
+                        };
+                        let connect_time = started.elapsed();
+                        stall = stall.max(connect_time);
+                        if connect_time > SLOW_CONNECT {
+                            slow_connects += 1;
+                        }
+                        let local = client.local();
+                        let result = (|| {
+                            client.request(&format!("SET k {c}-{n}"))?;
+                            client.request("INCR i 7")?;
+                            client.request("GET k")?;
+                            client.request("COUNT")?;
+                            client.quit()
+                        })();
+                        match result {
+                            Ok(s) => {
+                                stall = stall.max(s);
+                                done += 1;
+                                completed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => broken.push(format!("{local}: {e}")),
+                        }
+                    }
+                    (done, connect_failures, stall, broken, slow_connects)
+                })
+                .expect("client thread")
+        })
+        .collect();
+
+    assert!(
+        wait_until(Duration::from_secs(30), || completed.load(Ordering::SeqCst)
+            >= 40),
+        "connections complete before the crash"
+    );
+    let before = completed.load(Ordering::SeqCst);
+    let crashed_at = rig.crash();
+    // New connections go on until enough completed after the takeover.
+    let after_takeover = wait_until(Duration::from_secs(40), || {
+        completed.load(Ordering::SeqCst) >= before + 40
+    });
+    stop.store(true, Ordering::SeqCst);
+    let reports: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client thread"))
+        .collect();
+    let exit = rig.finish();
+    let stall = reports.iter().map(|r| r.2).max().unwrap_or_default();
+    let failures: Vec<&String> = reports.iter().flat_map(|r| r.1.iter()).collect();
+    let broken: Vec<&String> = reports.iter().flat_map(|r| r.3.iter()).collect();
+    print_stall(
+        "handshakes_in_flight",
+        stall,
+        &format!(
+            "{} connections completed ({before} before the crash), {} handshakes caught by the crash, {} connect attempts failed, restored {}, reset {:?}; {:.1} s of traffic after the crash",
+            reports.iter().map(|r| r.0).sum::<usize>(),
+            reports.iter().map(|r| r.4).sum::<usize>(),
+            failures.len(),
+            exit.restored.len(),
+            exit.reset,
+            crashed_at.elapsed().as_secs_f64()
+        ),
+    );
+    assert!(
+        broken.is_empty(),
+        "established connections failed: {broken:?}"
+    );
+    assert!(
+        after_takeover,
+        "new connections complete after the takeover"
+    );
+    assert!(exit.takeover.is_some(), "the backup took over");
+    assert!(exit.diverged.is_empty(), "{exit:?}");
+    // Failed connects are bounded: each took at most CONNECT_TIMEOUT, a few per client.
+    assert!(
+        failures.len() <= CLIENTS * 10,
+        "too many failed connects: {failures:?}"
+    );
+}
+
+/// Pipelined `SET u<i> <60 kB>` requests, 6 MB in all (paced over about 1.5 s), the crash
+/// after about a third was answered; then
+/// every value is read back and compared, and `COUNT` checks no request line was lost or
+/// repeated.
+#[test]
+fn upload_in_progress() {
+    if !kernel_tests_enabled("upload_in_progress") {
+        return;
+    }
+    let _serial = serial();
+    const VALUES: usize = 100;
+    const VALUE_LEN: usize = 60_000;
+    const UPLOAD_PACE: Duration = Duration::from_millis(15);
+    let mut rig = Rig::start("fcu", ServiceFamily::V4, 32);
+    let service = rig.service();
+    let total: u64 = (0..VALUES)
+        .map(|i| format!("SET u{i} \n").len() as u64 + VALUE_LEN as u64)
+        .sum();
+    // Lines written, and client bytes the server acknowledged (TCP_INFO, SYN included).
+    let written = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (written, acked) = (written.clone(), acked.clone());
+        rig.lab
+            .client
+            .spawn(move || -> Result<(Duration, u64), String> {
+                let mut client = KvClient::connect(service, Duration::from_secs(5))
+                    .map_err(|e| format!("connect: {e}"))?;
+                let writer = client.writer.try_clone().map_err(|e| e.to_string())?;
+                // The sender writes paced lines and samples how far the server acknowledged:
+                // the upload's stall is the longest time that did not move while bytes were
+                // outstanding (kvd batches its OKs while requests keep coming, so the
+                // answers say little about the upload's progress).
+                let sender = std::thread::spawn(move || -> Result<Duration, String> {
+                    let mut sent = 1u64; // the SYN
+                    let mut stall = Duration::ZERO;
+                    let mut last = (0u64, Instant::now());
+                    let deadline = Instant::now() + TEST_LIMIT;
+                    let mut sample = |sent: u64, stall: &mut Duration| -> Result<u64, String> {
+                        let now = socket_tcp_info(&writer)
+                            .map_err(|e| format!("TCP_INFO: {e}"))?
+                            .bytes_acked;
+                        acked.store(now, Ordering::SeqCst);
+                        if now > last.0 {
+                            // (a write blocked while nothing was acknowledged counts too)
+                            *stall = (*stall).max(last.1.elapsed());
+                            last = (now, Instant::now());
+                        } else if now >= sent {
+                            // nothing outstanding: no stall is running
+                            last.1 = Instant::now();
+                        }
+                        Ok(now)
+                    };
+                    for i in 0..VALUES {
+                        let line = format!("SET u{i} {}\n", text(i as u64, VALUE_LEN));
+                        (&writer)
+                            .write_all(line.as_bytes())
+                            .map_err(|e| format!("sending line {i}: {e}"))?;
+                        sent += line.len() as u64;
+                        written.fetch_add(1, Ordering::SeqCst);
+                        // Paced, so the bytes are still on their way (not all in the
+                        // server's receive buffer) when the crash comes.
+                        for _ in 0..3 {
+                            std::thread::sleep(UPLOAD_PACE / 3);
+                            sample(sent, &mut stall)?;
+                        }
+                    }
+                    while sample(sent, &mut stall)? < sent {
+                        if Instant::now() > deadline {
+                            return Err("the upload was never acknowledged".into());
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Ok(stall)
+                });
+                for i in 0..VALUES {
+                    let _ = client.oracle.handle(format!("SET u{i} x").as_bytes());
+                    client.expect_line("OK\n", &format!("SET u{i}"))?;
+                }
+                let upload_stall = sender.join().map_err(|_| "sender panicked".to_string())??;
+                let mut checksum = 0xcbf2_9ce4_8422_2325u64;
+                for i in 0..VALUES {
+                    let value = text(i as u64, VALUE_LEN);
+                    let started = Instant::now();
+                    client
+                        .writer
+                        .write_all(format!("GET u{i}\n").as_bytes())
+                        .map_err(|e| format!("GET: {e}"))?;
+                    client.expect_line(&format!("VALUE {value}\n"), &format!("GET u{i}"))?;
+                    client.longest_stall = client.longest_stall.max(started.elapsed());
+                    for &b in value.as_bytes() {
+                        checksum = (checksum ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+                // VALUES SETs, VALUES GETs, and COUNT itself.
+                client.expect_count(2 * VALUES as u64 + 1)?;
+                Ok((client.quit()?.max(upload_stall), checksum))
+            })
+            .expect("client thread")
+    };
+    assert!(
+        wait_until(TEST_LIMIT, || written.load(Ordering::SeqCst) >= VALUES / 3),
+        "the upload progresses"
+    );
+    let acked_at_crash = acked.load(Ordering::SeqCst);
+    rig.crash();
+    let result = client.join().expect("client thread");
+    let exit = rig.finish();
+    let (stall, checksum) = result.unwrap_or_else(|e| panic!("upload failed: {e}; {exit:?}"));
+    print_stall(
+        "upload_in_progress",
+        stall,
+        &format!(
+            "{total} bytes uploaded ({acked_at_crash} acknowledged at the crash) and read back (FNV-1a {checksum:016x}); restored {}",
+            exit.restored.len()
+        ),
+    );
+    assert!(
+        acked_at_crash < total,
+        "the crash came after the upload ({acked_at_crash} of {total} bytes acknowledged)"
+    );
+    assert_eq!(exit.restored.len(), 1, "{exit:?}");
+    assert!(
+        exit.reset.is_empty() && exit.diverged.is_empty(),
+        "{exit:?}"
+    );
+}
+
+impl KvClient {
+    /// `COUNT`, expecting `count` (the oracle is not used: callers that bypassed it say
+    /// what the server must have counted).
+    fn expect_count(&mut self, count: u64) -> Result<(), String> {
+        self.writer
+            .write_all(b"COUNT\n")
+            .map_err(|e| format!("COUNT: {e}"))?;
+        self.expect_line(&format!("{count}\n"), "COUNT")?;
+        // keep the oracle in step for QUIT
+        while self.oracle.requests() < count {
+            let _ = self.oracle.handle(b"PING");
+        }
+        Ok(())
+    }
+
+    /// `STREAM len seed`: reads and checks every byte and the `SUM` line. `progress` counts
+    /// the bytes received.
+    fn stream(&mut self, len: u64, seed: u64, progress: &AtomicUsize) -> Result<(), String> {
+        let request = format!("STREAM {len} {seed}");
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .map_err(|e| format!("{request}: {e}"))?;
+        let _ = self.oracle.handle(request.as_bytes());
+        self.expect_line(&format!("DATA {len}\n"), &request)?;
+        let mut generator = StreamGenerator::new(seed, len);
+        let mut expected = vec![0u8; 256 << 10];
+        let mut got = vec![0u8; 256 << 10];
+        let mut offset = 0u64;
+        let mut last = Instant::now();
+        while generator.remaining() > 0 {
+            let want = generator.fill(&mut expected);
+            let mut have = 0;
+            while have < want {
+                let n = self
+                    .reader
+                    .read(&mut got[have..want])
+                    .map_err(|e| format!("stream byte {}: {e}", offset + have as u64))?;
+                if n == 0 {
+                    return Err(format!(
+                        "the stream ended at byte {} of {len}",
+                        offset + have as u64
+                    ));
+                }
+                self.longest_stall = self.longest_stall.max(last.elapsed());
+                last = Instant::now();
+                have += n;
+                progress.fetch_add(n, Ordering::SeqCst);
+            }
+            if got[..want] != expected[..want] {
+                let at = got[..want]
+                    .iter()
+                    .zip(&expected[..want])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(format!("stream byte {} differs", offset + at as u64));
+            }
+            offset += want as u64;
+        }
+        self.expect_line("\n", &request)?;
+        self.expect_line(&format!("{}\n", generator.sum_line()), &request)
+    }
+}
+
+/// `STREAM 8000000 42` with the crash after 2 MB: every byte and the checksum verified.
+#[test]
+fn download_in_progress() {
+    if !kernel_tests_enabled("download_in_progress") {
+        return;
+    }
+    let _serial = serial();
+    const LEN: u64 = 8_000_000;
+    let mut rig = Rig::start("fcd", ServiceFamily::V4, 33);
+    let service = rig.service();
+    let received = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let received = received.clone();
+        rig.lab
+            .client
+            .spawn(move || -> Result<Duration, String> {
+                let mut client = KvClient::connect(service, Duration::from_secs(5))
+                    .map_err(|e| format!("connect: {e}"))?;
+                client.request("SET before crash")?;
+                client.stream(LEN, 42, &received)?;
+                client.request("GET before")?;
+                client.request("PING")?;
+                client.quit()
+            })
+            .expect("client thread")
+    };
+    assert!(
+        wait_until(TEST_LIMIT, || received.load(Ordering::SeqCst) >= 2_000_000),
+        "the download progresses"
+    );
+    let received_at_crash = received.load(Ordering::SeqCst);
+    rig.crash();
+    let result = client.join().expect("client thread");
+    let exit = rig.finish();
+    let stall = result.unwrap_or_else(|e| panic!("download failed: {e}; {exit:?}"));
+    print_stall(
+        "download_in_progress",
+        stall,
+        &format!(
+            "{LEN} stream bytes verified ({received_at_crash} received at the crash); restored {}",
+            exit.restored.len()
+        ),
+    );
+    assert!(
+        (received_at_crash as u64) < LEN,
+        "the crash came after the download"
+    );
+    assert_eq!(exit.restored.len(), 1, "{exit:?}");
+    assert!(
+        exit.reset.is_empty() && exit.diverged.is_empty(),
+        "{exit:?}"
+    );
+}
+
+/// 16 connections with per-connection state, idle at the crash; then each is used again
+/// and must still hold its state.
+#[test]
+fn idle_connections() {
+    if !kernel_tests_enabled("idle_connections") {
+        return;
+    }
+    let _serial = serial();
+    const CONNECTIONS: usize = 16;
+    let mut rig = Rig::start("fci", ServiceFamily::V4, 34);
+    let service = rig.service();
+    let mut clients: Vec<KvClient> = rig
+        .lab
+        .client
+        .run(|| {
+            (0..CONNECTIONS)
+                .map(|_| KvClient::connect(service, Duration::from_secs(5)).expect("connect"))
+                .collect()
+        })
+        .expect("in the client namespace");
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.request(&format!("SET name connection {i}"))
+            .expect("before the crash");
+        c.request(&format!("INCR n {i}")).expect("before the crash");
+    }
+    // Idle: every answer was received (sync mode: the backup holds all of it).
+    std::thread::sleep(Duration::from_millis(200));
+    let crashed_at = rig.crash();
+    let users: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || -> Result<Duration, String> {
+                c.request("GET name")?;
+                c.request(&format!("INCR n {i}"))?;
+                c.request("COUNT")?;
+                c.quit()
+            })
+        })
+        .collect();
+    let results: Vec<_> = users
+        .into_iter()
+        .map(|u| u.join().expect("client thread"))
+        .collect();
+    let resumed = crashed_at.elapsed();
+    let exit = rig.finish();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "connections failed: {failed:?}; {exit:?}"
+    );
+    let stall = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .max()
+        .copied()
+        .unwrap_or_default();
+    print_stall(
+        "idle_connections",
+        stall,
+        &format!(
+            "{CONNECTIONS} connections resumed within {:.0} ms of the crash; restored {}",
+            resumed.as_secs_f64() * 1e3,
+            exit.restored.len()
+        ),
+    );
+    assert_eq!(exit.restored.len(), CONNECTIONS, "{exit:?}");
+    assert!(
+        exit.reset.is_empty() && exit.diverged.is_empty(),
+        "{exit:?}"
+    );
+}
+
+/// Debian's `socat`, unmodified, as the client: requests on its stdin, its stdout compared
+/// byte for byte with what kvd must answer; the crash comes while it receives a 3 MB stream.
+#[test]
+fn unmodified_socat_client() {
+    if !kernel_tests_enabled("unmodified_socat_client") {
+        return;
+    }
+    if std::process::Command::new("socat")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "socat is missing (apt-get install socat); CI=true requires it"
+        );
+        eprintln!(
+            "unmodified_socat_client: skipped, socat is not installed (apt-get install socat)"
+        );
+        return;
+    }
+    let _serial = serial();
+    let mut rig = Rig::start("fcs", ServiceFamily::V4, 35);
+    let target = format!("TCP:{}", rig.service());
+    let mut child = rig
+        .lab
+        .client
+        .command("socat")
+        .args(["-t", "5", "-T", "60", "-", &target])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start socat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    // Each chunk socat printed, with when it was read.
+    let (chunks, output) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || chunks.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut oracle = Session::new();
+    let mut expected = Vec::new();
+    let mut seen = Vec::new();
+    let mut stall = Duration::ZERO;
+    // When the client last heard from the server or sent a request: the stall is the longest
+    // gap from there to the next chunk while an answer is awaited (chunks are timed by the
+    // reader thread, so a gap spent in `rig.crash()` counts too).
+    let mut last = Instant::now();
+    // Sends `line` (if any), adds its answer to `expected`, and waits until socat printed
+    // it, or only the first `partial` bytes of it.
+    let mut exchange =
+        |line: Option<&str>, partial: Option<usize>, seen: &mut Vec<u8>, expected: &mut Vec<u8>| {
+            let before = expected.len();
+            if let Some(line) = line {
+                last = Instant::now();
+                stdin
+                    .write_all(format!("{line}\n").as_bytes())
+                    .expect("write to socat");
+                stdin.flush().expect("flush");
+                match oracle.handle(line.as_bytes()) {
+                    Reply::Line(text) => expected.extend_from_slice(format!("{text}\n").as_bytes()),
+                    Reply::Bye => expected.extend_from_slice(b"BYE\n"),
+                    Reply::Stream { len, seed } => {
+                        let mut generator = StreamGenerator::new(seed, len);
+                        let mut data = vec![0u8; len as usize];
+                        generator.fill(&mut data);
+                        expected.extend_from_slice(format!("DATA {len}\n").as_bytes());
+                        expected.extend_from_slice(&data);
+                        expected
+                            .extend_from_slice(format!("\n{}\n", generator.sum_line()).as_bytes());
+                    }
+                }
+            }
+            let until = partial.map_or(expected.len(), |p| before + p);
+            let deadline = Instant::now() + CLIENT_TIMEOUT;
+            while seen.len() < until {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match output.recv_timeout(left) {
+                    Ok((at, chunk)) => {
+                        seen.extend_from_slice(&chunk);
+                        stall = stall.max(at.saturating_duration_since(last));
+                        last = at;
+                    }
+                    Err(_) => {
+                        stall = stall.max(last.elapsed());
+                        break;
+                    }
+                }
+            }
+        };
+    for i in 0..5 {
+        exchange(
+            Some(&format!("SET key{i} value {i}")),
+            None,
+            &mut seen,
+            &mut expected,
+        );
+    }
+    // The crash comes while socat receives a 3 MB stream.
+    exchange(
+        Some("STREAM 3000000 5"),
+        Some(300_000),
+        &mut seen,
+        &mut expected,
+    );
+    let seen_at_crash = seen.len();
+    rig.crash();
+    exchange(None, None, &mut seen, &mut expected);
+    for i in 0..5 {
+        exchange(Some(&format!("GET key{i}")), None, &mut seen, &mut expected);
+        exchange(
+            Some(&format!("INCR counter {i}")),
+            None,
+            &mut seen,
+            &mut expected,
+        );
+    }
+    exchange(Some("STREAM 300000 6"), None, &mut seen, &mut expected);
+    exchange(Some("COUNT"), None, &mut seen, &mut expected);
+    exchange(Some("QUIT"), None, &mut seen, &mut expected);
+    drop(stdin);
+    // socat ends once the server closed; bounded.
+    let ended = wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("socat status");
+    let _ = reader.join();
+    while let Ok((_, chunk)) = output.try_recv() {
+        seen.extend_from_slice(&chunk);
+    }
+    let mut errors = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut errors);
+    }
+    let exit = rig.finish();
+    print_stall(
+        "unmodified_socat_client",
+        stall,
+        &format!(
+            "{} bytes from socat compared ({seen_at_crash} printed at the crash); restored {}",
+            seen.len(),
+            exit.restored.len()
+        ),
+    );
+    assert!(ended, "socat did not end after QUIT");
+    if seen != expected {
+        let at = seen
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(seen.len().min(expected.len()));
+        panic!(
+            "socat printed {} bytes, expected {}; first difference at byte {at}; socat said {errors:?}; {exit:?}",
+            seen.len(),
+            expected.len()
+        );
+    }
+    assert!(status.success(), "socat exited with {status}: {errors}");
+    assert_eq!(exit.restored.len(), 1, "{exit:?}");
+}
+
+/// Service address 2001:db8::10/64: connections exchanging requests all along, the crash
+/// mid-traffic; every answer checked, each connection closed cleanly.
+#[test]
+fn ipv6_service_address() {
+    if !kernel_tests_enabled("ipv6_service_address") {
+        return;
+    }
+    let _serial = serial();
+    const CONNECTIONS: usize = 4;
+    const REQUESTS: usize = 600;
+    let mut rig = Rig::start("fc6", ServiceFamily::V6, 36);
+    let service = rig.service();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let answered = answered.clone();
+            rig.lab
+                .client
+                .spawn(move || -> Result<Duration, String> {
+                    let mut client = KvClient::connect(service, Duration::from_secs(5))
+                        .map_err(|e| format!("connect: {e}"))?;
+                    let deadline = Instant::now() + TEST_LIMIT;
+                    for i in 0..REQUESTS {
+                        if Instant::now() > deadline {
+                            return Err(format!("out of time after {i} requests"));
+                        }
+                        client.request(&format!("ECHO {c} {i} {}", text(i as u64, 100 + i)))?;
+                        client.request(&format!("INCR total {i}"))?;
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                    client.request("COUNT")?;
+                    client.quit()
+                })
+                .expect("client thread")
+        })
+        .collect();
+    assert!(
+        wait_until(TEST_LIMIT, || answered.load(Ordering::SeqCst)
+            >= CONNECTIONS * 50),
+        "traffic on every connection"
+    );
+    rig.crash();
+    let results: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client thread"))
+        .collect();
+    let exit = rig.finish();
+    let kept = results.iter().filter(|r| r.is_ok()).count();
+    let stall = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .max()
+        .copied()
+        .unwrap_or_default();
+    print_stall(
+        "ipv6_service_address",
+        stall,
+        &format!(
+            "{kept} of {CONNECTIONS} connections kept; restored {}, reset {:?}",
+            exit.restored.len(),
+            exit.reset
+        ),
+    );
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "connections failed: {failed:?}; {exit:?}"
+    );
+    assert!(kept >= 1);
+    assert_eq!(exit.restored.len(), CONNECTIONS, "{exit:?}");
+}
