@@ -17,6 +17,11 @@
 //! namespace with a stop flag, e.g.
 //! `lab.spawn_agent(&lab.backup, move |stop| cttmd::backup::run_backup(options, stop))`.
 //!
+//! [`FailoverLab::with_replication_network`] builds the same lab plus a separate replication
+//! network between the primary and the backup only (a second bridge, interface `eth1`):
+//! 198.19.0.1/24 on the primary, 198.19.0.2/24 on the backup, the backup agent's replication
+//! address 198.19.0.2:7700 ([`SEPARATE_REPLICATION`]). The client is not on it.
+//!
 //! [`FailoverLab::crash`] is the crash: the primary's switch port goes down (nothing it
 //! sends reaches anyone, no FIN, no RST), then its agent stops and its daemon's connections
 //! are closed (into the void) so their threads and descriptors are freed.
@@ -33,6 +38,15 @@ use std::time::{Duration, Instant};
 pub const SERVICE_PORT: u16 = 7000;
 /// The backup agent's replication address.
 pub const REPLICATION: &str = "198.18.0.3:7700";
+/// The backup agent's replication address on the separate replication network
+/// ([`FailoverLab::with_replication_network`]).
+pub const SEPARATE_REPLICATION: &str = "198.19.0.2:7700";
+/// The primary's address on the separate replication network.
+pub const SEPARATE_REPLICATION_PRIMARY: &str = "198.19.0.1";
+/// The interface of the primary and the backup on the separate replication network.
+pub const REPLICATION_INTERFACE: &str = "eth1";
+/// The bridge of the separate replication network (in the switch namespace).
+const REPLICATION_BRIDGE: &str = "br1";
 /// The pre-shared key of the lab's replication link.
 pub const REPLICATION_KEY: [u8; 32] = *b"cttm failover lab shared key 001";
 /// How often an idle accept loop looks at its stop flag.
@@ -189,6 +203,10 @@ pub struct FailoverLab {
     pub backup: Netns,
     /// The address family of the service address.
     pub family: ServiceFamily,
+    /// The backup agent's replication address.
+    replication: SocketAddr,
+    /// The replication link has a network of its own (`eth1` on the primary and the backup).
+    separate_replication: bool,
     primary_daemon: Daemon,
     standby_daemon: Daemon,
 }
@@ -198,6 +216,7 @@ impl std::fmt::Debug for FailoverLab {
         f.debug_struct("FailoverLab")
             .field("lab", &self.lab)
             .field("family", &self.family)
+            .field("replication", &self.replication)
             .finish_non_exhaustive()
     }
 }
@@ -206,10 +225,47 @@ impl FailoverLab {
     /// Builds the hosts and starts kvd on the primary and the backup. `tag` (a few letters)
     /// appears in the namespace names.
     pub fn new(tag: &str, family: ServiceFamily) -> Result<FailoverLab, LabError> {
+        FailoverLab::build(tag, family, false)
+    }
+
+    /// As [`FailoverLab::new`], plus a replication network of its own between the primary
+    /// and the backup (see the module documentation): [`FailoverLab::replication`] is then
+    /// [`SEPARATE_REPLICATION`], and [`FailoverLab::crash`] cuts the primary off both
+    /// networks.
+    pub fn with_replication_network(
+        tag: &str,
+        family: ServiceFamily,
+    ) -> Result<FailoverLab, LabError> {
+        FailoverLab::build(tag, family, true)
+    }
+
+    fn build(tag: &str, family: ServiceFamily, separate: bool) -> Result<FailoverLab, LabError> {
         let mut lab = Lab::new(tag)?;
         let client = lab.add_host("c", &["198.18.0.1/24", "2001:db8::1/64"])?;
         let primary = lab.add_host("p", &["198.18.0.2/24", "2001:db8::2/64", family.cidr()])?;
         let backup = lab.add_host("b", &["198.18.0.3/24", "2001:db8::3/64"])?;
+        let replication = if separate {
+            lab.add_network(REPLICATION_BRIDGE)?;
+            let primary_cidr = format!("{SEPARATE_REPLICATION_PRIMARY}/24");
+            lab.attach(
+                &primary,
+                REPLICATION_BRIDGE,
+                REPLICATION_INTERFACE,
+                &[&primary_cidr],
+            )?;
+            lab.attach(
+                &backup,
+                REPLICATION_BRIDGE,
+                REPLICATION_INTERFACE,
+                &["198.19.0.2/24"],
+            )?;
+            SEPARATE_REPLICATION
+        } else {
+            REPLICATION
+        };
+        let replication = replication
+            .parse()
+            .map_err(|e| LabError(format!("replication address {replication}: {e}")))?;
         let primary_daemon = Daemon::start(&primary)?;
         let standby_daemon = Daemon::start(&backup)?;
         Ok(FailoverLab {
@@ -218,6 +274,8 @@ impl FailoverLab {
             primary,
             backup,
             family,
+            replication,
+            separate_replication: separate,
             primary_daemon,
             standby_daemon,
         })
@@ -240,7 +298,13 @@ impl FailoverLab {
 
     /// The backup agent's replication address.
     pub fn replication(&self) -> SocketAddr {
-        REPLICATION.parse().expect("a valid socket address")
+        self.replication
+    }
+
+    /// Whether the replication link has a network of its own
+    /// ([`FailoverLab::with_replication_network`]).
+    pub fn has_replication_network(&self) -> bool {
+        self.separate_replication
     }
 
     /// Where the backup's standby daemon answers its shadow sessions.
@@ -265,12 +329,17 @@ impl FailoverLab {
         })
     }
 
-    /// The crash of the primary: its switch port goes down, then `primary_agent` stops (what
-    /// it still sends goes nowhere) and the primary's daemon closes every connection.
-    /// Returns when the port went down and what the agent returned.
+    /// The crash of the primary: its switch port goes down (and its port on the replication
+    /// network, if the lab has one), then `primary_agent` stops (what it still sends goes
+    /// nowhere) and the primary's daemon closes every connection. Returns when the service
+    /// port went down and what the agent returned.
     pub fn crash<T>(&mut self, primary_agent: Agent<T>) -> Result<(Instant, Option<T>), LabError> {
         self.lab.cut(&self.primary)?;
         let crashed_at = Instant::now();
+        if self.separate_replication {
+            self.lab
+                .cut_attachment(&self.primary, REPLICATION_INTERFACE)?;
+        }
         let exit = primary_agent.stop();
         self.primary_daemon.kill();
         Ok((crashed_at, exit))

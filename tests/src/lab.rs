@@ -137,12 +137,28 @@ impl Netns {
     }
 }
 
-/// A set of namespaces joined to one bridge.
+/// A set of namespaces joined to one bridge (and to any further networks added with
+/// [`Lab::add_network`]).
 #[derive(Debug)]
 pub struct Lab {
     prefix: String,
     switch: Netns,
     hosts: Vec<Netns>,
+    /// Bridges added by [`Lab::add_network`] (in the switch namespace).
+    networks: Vec<String>,
+    /// Interfaces plugged into those bridges by [`Lab::attach`].
+    attachments: Vec<Attachment>,
+}
+
+/// One host interface plugged into an additional network.
+#[derive(Debug, Clone)]
+struct Attachment {
+    /// The host namespace's name.
+    host: String,
+    /// The interface's name inside the host.
+    interface: String,
+    /// The veth end in the switch namespace (the switch port).
+    port: String,
 }
 
 impl Lab {
@@ -160,6 +176,8 @@ impl Lab {
             prefix,
             switch: switch.clone(),
             hosts: Vec::new(),
+            networks: Vec::new(),
+            attachments: Vec::new(),
         };
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
@@ -227,6 +245,90 @@ impl Lab {
             .ok_or_else(|| LabError("not a host of this lab".into()))?;
         self.switch
             .ip(&["link", "set", &Lab::switch_port(index + 1), "up"])?;
+        Ok(())
+    }
+
+    /// Adds a second (third, ...) network: a bridge named `bridge` in the switch namespace,
+    /// link up, joined to nothing else (its own broadcast domain, e.g. a replication network
+    /// between two hosts only). Plug hosts in with [`Lab::attach`].
+    pub fn add_network(&mut self, bridge: &str) -> Result<(), LabError> {
+        if bridge == "br0" || self.networks.iter().any(|n| n == bridge) {
+            return Err(LabError(format!(
+                "network {bridge} exists already: choose another bridge name"
+            )));
+        }
+        self.switch.ip(&["link", "add", bridge, "type", "bridge"])?;
+        self.networks.push(bridge.to_string());
+        self.switch.ip(&["link", "set", bridge, "up"])?;
+        Ok(())
+    }
+
+    /// Plugs `host` into the network `bridge` (made by [`Lab::add_network`]) with a new
+    /// interface named `interface` inside the host, carrying `addresses` (CIDR strings, as in
+    /// [`Lab::add_host`]). The switch port is named `n<number>`.
+    pub fn attach(
+        &mut self,
+        host: &Netns,
+        bridge: &str,
+        interface: &str,
+        addresses: &[&str],
+    ) -> Result<(), LabError> {
+        if !self.networks.iter().any(|n| n == bridge) {
+            return Err(LabError(format!(
+                "no network {bridge} in this lab: call add_network first"
+            )));
+        }
+        if !self.hosts.iter().any(|h| h.name == host.name) {
+            return Err(LabError("not a host of this lab".into()));
+        }
+        let port = format!("n{}", self.attachments.len() + 1);
+        self.switch.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", interface, "netns", &host.name,
+        ])?;
+        self.attachments.push(Attachment {
+            host: host.name.clone(),
+            interface: interface.to_string(),
+            port: port.clone(),
+        });
+        self.switch.ip(&["link", "set", &port, "master", bridge])?;
+        self.switch.ip(&["link", "set", &port, "up"])?;
+        for a in addresses {
+            if a.contains(':') {
+                host.ip(&["-6", "addr", "add", a, "dev", interface, "nodad"])?;
+            } else {
+                host.ip(&["addr", "add", a, "dev", interface])?;
+            }
+        }
+        host.ip(&["link", "set", interface, "up"])?;
+        Ok(())
+    }
+
+    /// The switch port of `host`'s `interface` plugged in by [`Lab::attach`].
+    fn attachment_port(&self, host: &Netns, interface: &str) -> Result<&str, LabError> {
+        self.attachments
+            .iter()
+            .find(|a| a.host == host.name && a.interface == interface)
+            .map(|a| a.port.as_str())
+            .ok_or_else(|| {
+                LabError(format!(
+                    "{interface} of {} is not attached to an added network",
+                    host.name
+                ))
+            })
+    }
+
+    /// Cuts `host`'s `interface` (plugged in by [`Lab::attach`]) off its network: its switch
+    /// port goes down, as when the host crashes. [`Lab::cut`] does the same for `eth0`.
+    pub fn cut_attachment(&self, host: &Netns, interface: &str) -> Result<(), LabError> {
+        let port = self.attachment_port(host, interface)?;
+        self.switch.ip(&["link", "set", port, "down"])?;
+        Ok(())
+    }
+
+    /// Plugs an interface cut by [`Lab::cut_attachment`] back in.
+    pub fn reconnect_attachment(&self, host: &Netns, interface: &str) -> Result<(), LabError> {
+        let port = self.attachment_port(host, interface)?;
+        self.switch.ip(&["link", "set", port, "up"])?;
         Ok(())
     }
 }
@@ -316,5 +418,52 @@ mod tests {
         for n in names {
             assert!(!listed.contains(&n), "namespace {n} left behind");
         }
+    }
+
+    /// Connects from `from` to `to` within `timeout`; whether it worked.
+    fn connects(from: &Netns, to: std::net::SocketAddr, timeout: std::time::Duration) -> bool {
+        from.run(move || std::net::TcpStream::connect_timeout(&to, timeout).is_ok())
+            .expect("in the namespace")
+    }
+
+    #[test]
+    fn an_added_network_joins_only_its_hosts_and_can_be_cut() {
+        if !kernel_tests_enabled("added network test") {
+            return;
+        }
+        use std::time::Duration;
+        let mut lab = Lab::new("net2").expect("lab");
+        let a = lab.add_host("a", &["198.18.0.1/24"]).expect("host a");
+        let b = lab.add_host("b", &["198.18.0.2/24"]).expect("host b");
+        let c = lab.add_host("c", &["198.18.0.3/24"]).expect("host c");
+        lab.add_network("br1").expect("second network");
+        assert!(lab.add_network("br1").is_err(), "a network added twice");
+        lab.attach(&a, "br1", "eth1", &["198.19.0.1/24"])
+            .expect("a on br1");
+        lab.attach(&b, "br1", "eth1", &["198.19.0.2/24"])
+            .expect("b on br1");
+        assert!(lab.attach(&c, "br9", "eth1", &["198.19.0.3/24"]).is_err());
+        // b listens on its address of the second network only.
+        let listener = b
+            .run(|| std::net::TcpListener::bind("198.19.0.2:7002").expect("bind"))
+            .expect("in b");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let target: std::net::SocketAddr = "198.19.0.2:7002".parse().expect("address");
+        let quick = Duration::from_millis(500);
+        assert!(
+            connects(&a, target, Duration::from_secs(5)),
+            "a reaches b on br1"
+        );
+        // c is not on the second network: no route there.
+        assert!(!connects(&c, target, quick), "c reached the second network");
+        // The connection went over eth1: b saw it from a's eth1 address.
+        let (_, from) = listener.accept().expect("accept");
+        assert_eq!(from.ip().to_string(), "198.19.0.1");
+        lab.cut_attachment(&a, "eth1").expect("cut");
+        assert!(!connects(&a, target, quick), "a reached b over a cut link");
+        lab.reconnect_attachment(&a, "eth1").expect("reconnect");
+        let back = (0..20).any(|_| connects(&a, target, Duration::from_secs(1)));
+        assert!(back, "a reaches b again once reconnected");
+        assert!(lab.cut_attachment(&c, "eth1").is_err(), "c has no eth1");
     }
 }
