@@ -13,6 +13,7 @@
 //! | test | the crash comes |
 //! |---|---|
 //! | `handshakes_in_flight` | while clients open connections in a loop |
+//! | `third_ack_lost_before_the_crash` | after a SYN-ACK left, before the primary saw the third ACK |
 //! | `upload_in_progress` | during a 6 MB client → server transfer (a quarter acknowledged) |
 //! | `download_in_progress` | during an 8 MB `STREAM` server → client (2 MB received) |
 //! | `idle_connections` | while every connection is idle |
@@ -920,4 +921,102 @@ fn ipv6_service_address() {
     );
     assert!(kept >= 1);
     assert_eq!(exit.restored.len(), CONNECTIONS, "{exit:?}");
+}
+
+/// A connection the crash catches between its SYN-ACK and its third ACK: the client is
+/// ESTABLISHED (output commit let the SYN-ACK out once the backup held the handshake), but the
+/// primary never saw the third ACK nor the first request, so the backup holds the connection in
+/// SYN-RECEIVED. The backup must restore it established, or the client's retransmitted request
+/// meets the standby's listener and a reset. A filter on the primary drops every non-SYN
+/// segment of that one connection, so the state is reached every run, not by chance.
+#[test]
+fn third_ack_lost_before_the_crash() {
+    if !kernel_tests_enabled("third_ack_lost_before_the_crash") {
+        return;
+    }
+    let _serial = serial();
+    const CLIENT_PORT: u16 = 45123;
+    let mut rig = Rig::start("fc3", ServiceFamily::V4, 36);
+    let service = rig.service();
+    let port = CLIENT_PORT.to_string();
+    rig.lab
+        .primary
+        .exec(
+            "iptables",
+            &[
+                "-I",
+                "INPUT",
+                "1",
+                "-p",
+                "tcp",
+                "--dport",
+                "7000",
+                "--sport",
+                &port,
+                "--tcp-flags",
+                "SYN",
+                "NONE",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("filter the third ACK on the primary");
+    let mut client = rig
+        .lab
+        .client
+        .run(move || connect_from_port(service, CLIENT_PORT))
+        .expect("in the client namespace")
+        .expect("the handshake completes on the client");
+    // The first request leaves the client and is dropped on the primary like the third ACK.
+    client
+        .writer
+        .write_all(b"SET greeting hello\n")
+        .expect("send the first request");
+    std::thread::sleep(Duration::from_millis(300));
+    let crashed_at = rig.crash();
+    let expected = match client.oracle.handle(b"SET greeting hello") {
+        Reply::Line(text) => format!("{text}\n"),
+        other => panic!("unexpected oracle reply {other:?}"),
+    };
+    let first = client.expect_line(&expected, "SET greeting hello");
+    let rest = first.and_then(|()| {
+        client.request("GET greeting")?;
+        client.request("COUNT")?;
+        client.quit()
+    });
+    let resumed = crashed_at.elapsed();
+    let exit = rig.finish();
+    let id_port = CLIENT_PORT;
+    assert!(
+        rest.is_ok(),
+        "the connection did not survive: {rest:?}; {exit:?}"
+    );
+    assert!(
+        exit.restored.iter().any(|id| id.client.port() == id_port),
+        "the connection was not restored: {exit:?}"
+    );
+    print_stall(
+        "third_ack_lost_before_the_crash",
+        resumed,
+        "the client's first request was answered by the backup",
+    );
+}
+
+/// Connects from a fixed client port (so the primary's filter can single the connection out).
+fn connect_from_port(service: SocketAddr, port: u16) -> std::io::Result<KvClient> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(service) = service else {
+        return Err(std::io::Error::other("IPv4 service expected"));
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    let local = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 1), port);
+    bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(service))?;
+    KvClient::from_stream(TcpStream::from(fd))
 }
