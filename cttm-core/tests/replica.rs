@@ -27,6 +27,14 @@ fn s(o: u32) -> u32 {
 fn conversation() -> Vec<(u64, Seg)> {
     let a = id4();
     let b = id6();
+    // Every segment of `a` after the handshake: (sequence offset, acknowledgement offset,
+    // tsval, tsecr), with the window each side advertises there.
+    let a_client = |seq: u32, ack: u32, tsval: u32, tsecr: u32| {
+        Seg::client(a, c(seq)).ack(s(ack)).win(502).ts(tsval, tsecr)
+    };
+    let a_server = |seq: u32, ack: u32, tsval: u32, tsecr: u32| {
+        Seg::server(a, s(seq)).ack(c(ack)).win(300).ts(tsval, tsecr)
+    };
     vec![
         (
             0,
@@ -51,88 +59,25 @@ fn conversation() -> Vec<(u64, Seg)> {
                 .wscale(9),
         ),
         (3, Seg::server(b, SISN).syn().ack(c(0)).win(2000)),
-        (4, Seg::client(a, c(0)).ack(s(0)).win(502).ts(101, 7000)),
+        (4, a_client(0, 0, 101, 7000)),
         (5, Seg::client(b, c(0)).ack(s(0)).win(1000)),
-        (
-            6,
-            Seg::client(a, c(0))
-                .ack(s(0))
-                .win(502)
-                .ts(102, 7000)
-                .data(b"GET / HTTP/1.1\r\n"),
-        ),
-        (
-            7,
-            Seg::client(a, c(20))
-                .ack(s(0))
-                .win(502)
-                .ts(103, 7000)
-                .data(b"tail"),
-        ),
-        (
-            8,
-            Seg::client(a, c(16))
-                .ack(s(0))
-                .win(502)
-                .ts(103, 7000)
-                .data(b"\r\n\r\n"),
-        ),
-        (
-            9,
-            Seg::client(a, c(14))
-                .ack(s(0))
-                .win(502)
-                .ts(103, 7000)
-                .data(b"\r\n\r\n"),
-        ),
-        (
-            10,
-            Seg::server(a, s(0))
-                .ack(c(20))
-                .win(300)
-                .ts(7005, 103)
-                .data(b"HTTP/1.1 200 OK\r\n"),
-        ),
-        (
-            11,
-            Seg::server(a, s(17))
-                .ack(c(24))
-                .win(300)
-                .ts(7006, 103)
-                .data(b"body"),
-        ),
-        (12, Seg::client(a, c(24)).ack(s(10)).win(502).ts(104, 7006)),
+        (6, a_client(0, 0, 102, 7000).data(b"GET / HTTP/1.1\r\n")),
+        (7, a_client(20, 0, 103, 7000).data(b"tail")),
+        (8, a_client(16, 0, 103, 7000).data(b"\r\n\r\n")),
+        (9, a_client(14, 0, 103, 7000).data(b"\r\n\r\n")),
+        (10, a_server(0, 20, 7005, 103).data(b"HTTP/1.1 200 OK\r\n")),
+        (11, a_server(17, 24, 7006, 103).data(b"body")),
+        (12, a_client(24, 10, 104, 7006)),
         (13, Seg::client(b, c(0)).ack(s(0)).data(b"abc")),
         (14, Seg::client(b, c(6)).ack(s(0)).data(b"ghi")),
         (15, Seg::server(b, s(0)).ack(c(7)).data(b"reply")),
         (16, Seg::client(b, c(9)).ack(s(5)).data(b"jkl").fin()),
         (17, Seg::server(b, s(5)).ack(c(13))),
-        (
-            18,
-            Seg::client(a, c(24))
-                .ack(s(21))
-                .win(502)
-                .ts(105, 7006)
-                .fin(),
-        ),
-        (
-            19,
-            Seg::server(a, s(21))
-                .ack(c(25))
-                .win(300)
-                .ts(7010, 105)
-                .data(b"late"),
-        ),
-        (20, Seg::client(a, c(25)).ack(s(25)).win(502).ts(106, 7010)),
-        (
-            21,
-            Seg::server(a, s(25))
-                .ack(c(25))
-                .win(300)
-                .ts(7011, 106)
-                .fin(),
-        ),
-        (22, Seg::client(a, c(25)).ack(s(26)).win(502).ts(107, 7011)),
+        (18, a_client(24, 21, 105, 7006).fin()),
+        (19, a_server(21, 25, 7010, 105).data(b"late")),
+        (20, a_client(25, 25, 106, 7010)),
+        (21, a_server(25, 25, 7011, 106).fin()),
+        (22, a_client(25, 26, 107, 7011)),
     ]
 }
 

@@ -16,17 +16,10 @@
 //! backup applied it) and the lag in messages sampled at every submission (submitted minus
 //! acknowledged at the primary, submitted minus applied at the backup), p50/p99/max.
 
-use cttm_core::event::{ConnectionEvent, EventKind, Handshake};
-use cttm_core::message::MessageV1;
-use cttm_core::{
-    ConnectionId, Instant, ReplicaConfig, ReplicationMessage, SeqNumber, ServiceEndpoint,
-    ServiceSet,
-};
-use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig, TcpPrimaryTransport};
-use cttm_replicate::{
-    BackupConfig, BackupService, PreSharedKey, PrimaryConfig, PrimaryService, ReplicaStore,
-    Security, Submitted,
-};
+mod common;
+
+use common::{Pair, client_data, id, opened, start_pair};
+use cttm_replicate::{PreSharedKey, PrimaryService, Security, Submitted};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,77 +33,24 @@ const BURSTS: usize = 100;
 const BURST_LEN: usize = 50;
 const BURST_PERIOD: Duration = Duration::from_millis(20);
 
-fn id(n: u16) -> ConnectionId {
-    ConnectionId {
-        client: std::net::SocketAddr::from(([198, 18, 0, 2], 40_000 + n)),
-        server: "198.18.0.1:80".parse().unwrap(),
-    }
-}
-
-fn opened(id: ConnectionId) -> ReplicationMessage {
-    let h = Handshake {
-        client_isn: SeqNumber(1),
-        server_isn: SeqNumber(2),
-        client_mss: Some(1460),
-        server_mss: Some(1460),
-        client_window_scale: Some(7),
-        server_window_scale: Some(7),
-        sack_permitted: true,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 64_240,
-        server_syn_window: 65_160,
-        mid_stream: false,
-    };
-    ReplicationMessage::V1(MessageV1::Event(ConnectionEvent {
-        id,
-        at: Instant::ZERO,
-        kind: EventKind::Opened(h),
-    }))
-}
-
-/// A running primary/backup pair.
-struct Pair {
-    primary: PrimaryService,
-    backup: BackupService,
-}
-
 /// The next client offset of each connection.
 struct Feed {
     offsets: Vec<u64>,
     next_conn: usize,
 }
 
-impl Pair {
-    fn start() -> Pair {
-        let services = ServiceSet::new([ServiceEndpoint::new("198.18.0.1:80".parse().unwrap())]);
-        let tcp = TcpConfig::new(Security::Noise(PreSharedKey::new([0x42; 32])), services);
-        let transport =
-            TcpBackupTransport::bind(tcp.clone(), "127.0.0.1:0".parse().unwrap()).expect("bind");
-        let addr = transport.local_addr().expect("addr");
-        // No shadow session consumes: keep every byte.
-        let retention = cttm_core::record::ClientRetention::UntilConsumed { limit: 1 << 30 };
-        let store = ReplicaStore::new(ReplicaConfig {
-            client_retention: retention,
-            ..ReplicaConfig::default()
-        });
-        let backup = BackupService::start(BackupConfig::default(), store, 1, Arc::new(transport));
-        let config = PrimaryConfig {
-            client_retention: retention,
-            ..PrimaryConfig::default()
-        };
-        let primary =
-            PrimaryService::start(config, 2, Arc::new(TcpPrimaryTransport::new(tcp, addr)));
-        for n in 0..CONNECTIONS {
-            primary.submit(opened(id(n))).expect("open");
-        }
-        assert!(
-            primary.wait_synchronised(Duration::from_secs(10)),
-            "the link comes up"
-        );
-        Pair { primary, backup }
+/// Starts the pair with every connection open and the link synchronised.
+fn start() -> Pair {
+    // No shadow session consumes: keep every byte.
+    let pair = start_pair(Security::Noise(PreSharedKey::new([0x42; 32])), 1 << 30);
+    for n in 0..CONNECTIONS {
+        pair.primary.submit(opened(id(n))).expect("open");
     }
+    assert!(
+        pair.primary.wait_synchronised(Duration::from_secs(10)),
+        "the link comes up"
+    );
+    pair
 }
 
 impl Feed {
@@ -120,14 +60,7 @@ impl Feed {
         self.next_conn = (n + 1) % self.offsets.len();
         let offset = self.offsets[n];
         self.offsets[n] += EVENT_BYTES as u64;
-        let m = ReplicationMessage::V1(MessageV1::Event(ConnectionEvent {
-            id: id(n as u16),
-            at: Instant::ZERO,
-            kind: EventKind::ClientData {
-                offset,
-                bytes: vec![0x5a; EVENT_BYTES],
-            },
-        }));
+        let m = client_data(id(n as u16), offset, vec![0x5a; EVENT_BYTES]);
         match primary.submit(m).expect("consistent") {
             Submitted::Queued(seq) => seq,
             other => panic!("the benchmark must not overflow the queue: {other:?}"),
@@ -256,7 +189,7 @@ fn one_at_a_time(pair: &Pair, feed: &mut Feed) -> Figures {
 }
 
 fn main() {
-    let pair = Pair::start();
+    let pair = start();
     let mut feed = Feed {
         offsets: vec![0; usize::from(CONNECTIONS)],
         next_conn: 0,

@@ -8,19 +8,11 @@
 //! - Latency: one 256-byte event at a time, from submission until the backup's
 //!   acknowledgement arrives back at the primary (a full round trip through both threads).
 
-use cttm_core::event::{ConnectionEvent, EventKind, Handshake};
-use cttm_core::message::MessageV1;
-use cttm_core::record::ClientRetention;
-use cttm_core::{
-    ConnectionId, Instant, ReplicaConfig, ReplicationMessage, SeqNumber, ServiceEndpoint,
-    ServiceSet,
-};
-use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig, TcpPrimaryTransport};
-use cttm_replicate::{
-    BackupConfig, BackupService, PreSharedKey, PrimaryConfig, PrimaryService, ReplicaStore,
-    Security, Submitted,
-};
-use std::sync::Arc;
+mod common;
+
+use common::{Pair, client_data, id, opened, start_pair};
+use cttm_core::ServiceSet;
+use cttm_replicate::{PreSharedKey, PrimaryConfig, Security, Submitted};
 use std::time::Duration;
 
 const CHUNK: usize = 16 * 1024;
@@ -57,64 +49,9 @@ fn summarise(runs: &[Figures]) -> Summary {
     }
 }
 
-fn id(n: u16) -> ConnectionId {
-    ConnectionId {
-        client: std::net::SocketAddr::from(([198, 18, 0, 2], 40_000 + n)),
-        server: "198.18.0.1:80".parse().unwrap(),
-    }
-}
-
-fn opened(id: ConnectionId) -> ReplicationMessage {
-    let h = Handshake {
-        client_isn: SeqNumber(1),
-        server_isn: SeqNumber(2),
-        client_mss: Some(1460),
-        server_mss: Some(1460),
-        client_window_scale: Some(7),
-        server_window_scale: Some(7),
-        sack_permitted: true,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 64_240,
-        server_syn_window: 65_160,
-        mid_stream: false,
-    };
-    ReplicationMessage::V1(MessageV1::Event(ConnectionEvent {
-        id,
-        at: Instant::ZERO,
-        kind: EventKind::Opened(h),
-    }))
-}
-
-fn data(id: ConnectionId, offset: u64, bytes: Vec<u8>) -> ReplicationMessage {
-    ReplicationMessage::V1(MessageV1::Event(ConnectionEvent {
-        id,
-        at: Instant::ZERO,
-        kind: EventKind::ClientData { offset, bytes },
-    }))
-}
-
 fn run(security: Security) -> Figures {
-    let services = ServiceSet::new([ServiceEndpoint::new("198.18.0.1:80".parse().unwrap())]);
-    let tcp = TcpConfig::new(security, services);
     // Large retention so the backup keeps every byte shipped (no shadow session consumes).
-    let retention = ClientRetention::UntilConsumed {
-        limit: TOTAL_BYTES * 2,
-    };
-    let transport =
-        TcpBackupTransport::bind(tcp.clone(), "127.0.0.1:0".parse().unwrap()).expect("bind");
-    let addr = transport.local_addr().expect("addr");
-    let store = ReplicaStore::new(ReplicaConfig {
-        client_retention: retention,
-        ..ReplicaConfig::default()
-    });
-    let backup = BackupService::start(BackupConfig::default(), store, 1, Arc::new(transport));
-    let config = PrimaryConfig {
-        client_retention: retention,
-        ..PrimaryConfig::default()
-    };
-    let primary = PrimaryService::start(config, 2, Arc::new(TcpPrimaryTransport::new(tcp, addr)));
+    let Pair { primary, backup } = start_pair(security, TOTAL_BYTES * 2);
 
     // Throughput.
     let conn = id(1);
@@ -124,7 +61,7 @@ fn run(security: Security) -> Figures {
         "link up"
     );
     let payload: Vec<u8> = (0..CHUNK).map(|i| i as u8).collect();
-    let high_water = config.max_retained_bytes / 2;
+    let high_water = PrimaryConfig::default().max_retained_bytes / 2;
     let started = std::time::Instant::now();
     let mut offset = 0u64;
     let mut last = 0;
@@ -133,7 +70,7 @@ fn run(security: Security) -> Figures {
             primary.wait_retained_below(high_water / 2, Duration::from_secs(30));
         }
         match primary
-            .submit(data(conn, offset, payload.clone()))
+            .submit(client_data(conn, offset, payload.clone()))
             .expect("consistent")
         {
             Submitted::Queued(seq) => last = seq,
@@ -158,7 +95,7 @@ fn run(security: Security) -> Figures {
     for i in 0..LATENCY_SAMPLES {
         let t = std::time::Instant::now();
         let Submitted::Queued(seq) = primary
-            .submit(data(conn, (i * 256) as u64, small.clone()))
+            .submit(client_data(conn, (i * 256) as u64, small.clone()))
             .expect("ok")
         else {
             panic!("queue overflow")
@@ -206,7 +143,7 @@ fn channel_cost(security: Security) -> f64 {
     let message = WireMessage::Data {
         epoch: 1,
         seq: 1,
-        payload: Payload::Message(data(id(3), 0, vec![0x5a; 256])),
+        payload: Payload::Message(client_data(id(3), 0, vec![0x5a; 256])),
     };
     let rounds = 20_000;
     let t = std::time::Instant::now();

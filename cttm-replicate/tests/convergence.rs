@@ -2,10 +2,12 @@
 //! protocol's acknowledgements, retransmissions and resynchronisation bring the backup's
 //! replica to exactly the state a perfect link gives (same snapshots, byte for byte).
 
+mod support;
+
 use cttm_core::event::{CloseHow, ConnectionEvent, EventKind, Handshake};
 use cttm_core::message::MessageV1;
 use cttm_core::time::Instant;
-use cttm_core::{ConnectionId, Replica, ReplicaConfig, ReplicationMessage, SeqNumber};
+use cttm_core::{ConnectionId, Replica, ReplicaConfig, ReplicationMessage};
 use cttm_replicate::backup::{Backup, BackupConfig};
 use cttm_replicate::primary::{Primary, PrimaryConfig};
 use cttm_replicate::store::ReplicaStore;
@@ -35,23 +37,10 @@ fn id(n: u8) -> ConnectionId {
 }
 
 fn handshake(n: u8, incarnation: u32) -> Handshake {
-    Handshake {
-        client_isn: SeqNumber(
-            0xffff_ff00u32.wrapping_add(u32::from(n) * 7919 + incarnation * 104_729),
-        ),
-        server_isn: SeqNumber(1000 + u32::from(n) + incarnation),
-        client_mss: Some(1460),
-        server_mss: Some(1460),
-        client_window_scale: Some(7),
-        server_window_scale: Some(7),
-        sack_permitted: true,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 64_240,
-        server_syn_window: 65_160,
-        mid_stream: false,
-    }
+    support::handshake(
+        0xffff_ff00u32.wrapping_add(u32::from(n) * 7919 + incarnation * 104_729),
+        1000 + u32::from(n) + incarnation,
+    )
 }
 
 /// Turns abstract operations into a valid event script (every event fits its record).

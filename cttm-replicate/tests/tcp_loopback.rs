@@ -1,12 +1,13 @@
 //! The threaded services over real TCP on loopback: authenticated replication converges,
 //! a backup restart is resynchronised, a primary without the key is refused.
 
+mod support;
+
 use cttm_core::event::{ConnectionEvent, EventKind, Handshake};
 use cttm_core::message::MessageV1;
 use cttm_core::time::Instant;
 use cttm_core::{
-    ConnectionId, Replica, ReplicaConfig, ReplicationMessage, SeqNumber, ServiceEndpoint,
-    ServiceSet,
+    ConnectionId, Replica, ReplicaConfig, ReplicationMessage, ServiceEndpoint, ServiceSet,
 };
 use cttm_replicate::noise::SecurityError;
 use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig, TcpPrimaryTransport};
@@ -52,19 +53,9 @@ fn events(conn: u8, chunks: usize) -> Vec<ReplicationMessage> {
         server: "198.18.0.1:80".parse().unwrap(),
     };
     let h = Handshake {
-        client_isn: SeqNumber(7 + u32::from(conn)),
-        server_isn: SeqNumber(0xffff_fff0),
-        client_mss: Some(1460),
         server_mss: Some(1400),
-        client_window_scale: Some(7),
         server_window_scale: Some(9),
-        sack_permitted: true,
-        timestamps: false,
-        client_syn_tsval: None,
-        server_syn_tsval: None,
-        client_syn_window: 64_240,
-        server_syn_window: 65_160,
-        mid_stream: false,
+        ..support::handshake(7 + u32::from(conn), 0xffff_fff0)
     };
     let ev = |kind| {
         ReplicationMessage::V1(MessageV1::Event(ConnectionEvent {
@@ -121,9 +112,13 @@ fn start_backup(addr: std::net::SocketAddr, key: u8) -> BackupService {
     )
 }
 
-#[test]
-fn replication_over_authenticated_tcp_converges_and_survives_a_backup_restart() {
-    let transport = TcpBackupTransport::bind(config(9), "127.0.0.1:0".parse().unwrap()).unwrap();
+/// A backup listening on a free loopback port with `backup_tcp`, and a primary connecting
+/// to it with the key `primary_key`; returns them and the backup's address.
+fn start_pair(
+    backup_tcp: TcpConfig,
+    primary_key: u8,
+) -> (BackupService, PrimaryService, std::net::SocketAddr) {
+    let transport = TcpBackupTransport::bind(backup_tcp, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = transport.local_addr().unwrap();
     let backup = BackupService::start(
         fast_backup(),
@@ -134,8 +129,14 @@ fn replication_over_authenticated_tcp_converges_and_survives_a_backup_restart() 
     let primary = PrimaryService::start(
         fast_primary(),
         42,
-        Arc::new(TcpPrimaryTransport::new(config(9), addr)),
+        Arc::new(TcpPrimaryTransport::new(config(primary_key), addr)),
     );
+    (backup, primary, addr)
+}
+
+#[test]
+fn replication_over_authenticated_tcp_converges_and_survives_a_backup_restart() {
+    let (backup, primary, addr) = start_pair(config(9), 9);
     let mut all = events(1, 200);
     all.extend(events(2, 50));
     let (first, second) = all.split_at(300);
@@ -218,19 +219,7 @@ fn replication_over_authenticated_tcp_converges_and_survives_a_backup_restart() 
 
 #[test]
 fn a_primary_without_the_key_is_refused_and_nothing_is_applied() {
-    let transport = TcpBackupTransport::bind(config(1), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = transport.local_addr().unwrap();
-    let backup = BackupService::start(
-        fast_backup(),
-        ReplicaStore::new(ReplicaConfig::default()),
-        1,
-        Arc::new(transport),
-    );
-    let primary = PrimaryService::start(
-        fast_primary(),
-        42,
-        Arc::new(TcpPrimaryTransport::new(config(2), addr)),
-    );
+    let (backup, primary, _) = start_pair(config(1), 2);
     primary.submit_all(events(1, 5)).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut backup_errors = Vec::new();
@@ -254,20 +243,7 @@ fn a_primary_without_the_key_is_refused_and_nothing_is_applied() {
 fn a_stalled_connection_attempt_does_not_hold_up_the_established_link() {
     let mut slow_handshakes = config(3);
     slow_handshakes.handshake_timeout = Duration::from_secs(60);
-    let transport =
-        TcpBackupTransport::bind(slow_handshakes, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = transport.local_addr().unwrap();
-    let backup = BackupService::start(
-        fast_backup(),
-        ReplicaStore::new(ReplicaConfig::default()),
-        1,
-        Arc::new(transport),
-    );
-    let primary = PrimaryService::start(
-        fast_primary(),
-        42,
-        Arc::new(TcpPrimaryTransport::new(config(3), addr)),
-    );
+    let (backup, primary, addr) = start_pair(slow_handshakes, 3);
     let all = events(1, 40);
     let (first, second) = all.split_at(60);
     primary.submit_all(first.iter().cloned()).unwrap();

@@ -366,3 +366,248 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Both agents of a [`FailoverLab`] running, the replication link up: the primary agent
+/// (returning `P`) and the backup agent (returning `B`), started from the caller's closures
+/// (this crate cannot name the agents, see the module documentation).
+#[derive(Debug)]
+pub struct AgentPair<P, B> {
+    /// The lab the agents run in.
+    pub lab: FailoverLab,
+    primary: Option<Agent<P>>,
+    backup: Option<Agent<B>>,
+}
+
+impl<P: Send + std::fmt::Debug + 'static, B: Send + std::fmt::Debug + 'static> AgentPair<P, B> {
+    /// Starts `backup` on the backup host, then `primary` on the primary host, and waits
+    /// (at most `limit`) until `link_up` says the replication link is up, so that every
+    /// connection opened afterwards is protected from its handshake on. An agent that ends
+    /// before is an error carrying what both returned.
+    pub fn start(
+        lab: FailoverLab,
+        backup: impl FnOnce(Arc<AtomicBool>) -> B + Send + 'static,
+        primary: impl FnOnce(Arc<AtomicBool>) -> P + Send + 'static,
+        limit: Duration,
+        mut link_up: impl FnMut() -> bool,
+    ) -> Result<AgentPair<P, B>, LabError> {
+        let backup = lab.spawn_agent(&lab.backup, backup)?;
+        let primary = lab.spawn_agent(&lab.primary, primary)?;
+        let mut pair = AgentPair {
+            lab,
+            primary: Some(primary),
+            backup: Some(backup),
+        };
+        let mut ended_early = false;
+        let ready = wait_until(limit, || {
+            ended_early = pair.primary.as_ref().is_some_and(Agent::is_finished)
+                || pair.backup.as_ref().is_some_and(Agent::is_finished);
+            ended_early || link_up()
+        });
+        if ended_early {
+            let primary = pair.primary.take().and_then(Agent::stop);
+            let backup = pair.backup.take().and_then(Agent::stop);
+            return Err(LabError(format!(
+                "an agent stopped early: primary {primary:?}, backup {backup:?}"
+            )));
+        }
+        if !ready {
+            return Err(LabError(format!(
+                "the replication link did not come up within {limit:?}"
+            )));
+        }
+        Ok(pair)
+    }
+
+    /// The crash of the primary ([`FailoverLab::crash`]); returns when the service port went
+    /// down and what the primary agent returned.
+    pub fn crash(&mut self) -> Result<(Instant, P), LabError> {
+        let primary = self
+            .primary
+            .take()
+            .ok_or_else(|| LabError("the primary already crashed".into()))?;
+        let (at, exit) = self.lab.crash(primary)?;
+        let exit = exit.ok_or_else(|| LabError("the primary agent panicked".into()))?;
+        Ok((at, exit))
+    }
+
+    /// Stops the backup agent and returns what it returned.
+    pub fn stop_backup(mut self) -> Result<B, LabError> {
+        self.backup
+            .take()
+            .and_then(Agent::stop)
+            .ok_or_else(|| LabError("the backup agent panicked".into()))
+    }
+}
+
+/// How long a [`KvClient`] waits for a byte before it counts as hung.
+pub const KV_CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A kvd client that checks every answer against its own [`cttm_kvd::Session`] oracle (and
+/// `STREAM` bytes against [`cttm_kvd::StreamGenerator`]), so a lost, duplicated or changed
+/// byte in either direction is an error. Reads and writes time out after
+/// [`KV_CLIENT_TIMEOUT`].
+#[derive(Debug)]
+pub struct KvClient {
+    /// The connection (requests are written here).
+    pub writer: TcpStream,
+    /// The same connection, buffered for the answers.
+    pub reader: std::io::BufReader<TcpStream>,
+    /// What the server must answer.
+    pub oracle: cttm_kvd::Session,
+    /// The longest wait for an answer or for the next `STREAM` bytes.
+    pub longest_stall: Duration,
+}
+
+impl KvClient {
+    /// Connects to `service` within `timeout`.
+    pub fn connect(service: SocketAddr, timeout: Duration) -> std::io::Result<KvClient> {
+        KvClient::from_stream(TcpStream::connect_timeout(&service, timeout)?)
+    }
+
+    /// A client on an established connection.
+    pub fn from_stream(stream: TcpStream) -> std::io::Result<KvClient> {
+        stream.set_read_timeout(Some(KV_CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(KV_CLIENT_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(KvClient {
+            reader: std::io::BufReader::with_capacity(256 << 10, stream.try_clone()?),
+            writer: stream,
+            oracle: cttm_kvd::Session::new(),
+            longest_stall: Duration::ZERO,
+        })
+    }
+
+    /// The client's address.
+    pub fn local(&self) -> std::io::Result<SocketAddr> {
+        self.writer.local_addr()
+    }
+
+    /// Sends one request line and checks its one-line answer.
+    pub fn request(&mut self, line: &str) -> Result<(), String> {
+        use std::io::Write;
+        let started = Instant::now();
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| format!("writing {line:?}: {e}"))?;
+        let expected = match self.oracle.handle(line.as_bytes()) {
+            cttm_kvd::Reply::Line(text) => format!("{text}\n"),
+            cttm_kvd::Reply::Bye => "BYE\n".to_string(),
+            cttm_kvd::Reply::Stream { .. } => return Err("use stream() for STREAM".into()),
+        };
+        self.expect_line(&expected, line)?;
+        self.longest_stall = self.longest_stall.max(started.elapsed());
+        Ok(())
+    }
+
+    /// Reads one answer line and compares it with `expected` (`request` names it in errors).
+    pub fn expect_line(&mut self, expected: &str, request: &str) -> Result<(), String> {
+        use std::io::BufRead;
+        let mut answer = String::new();
+        match self.reader.read_line(&mut answer) {
+            Ok(0) => Err(format!("the server closed before answering {request:?}")),
+            Ok(_) if answer == expected => Ok(()),
+            Ok(_) => Err(format!(
+                "wrong answer to {request:?}: {answer:?}, expected {expected:?} (a byte was lost, duplicated or changed)"
+            )),
+            Err(e) => Err(format!("reading the answer to {request:?}: {e}")),
+        }
+    }
+
+    /// `COUNT`, expecting `count` (the oracle is not asked: callers that bypassed it say
+    /// what the server must have counted; it is brought in step for what follows).
+    pub fn expect_count(&mut self, count: u64) -> Result<(), String> {
+        use std::io::Write;
+        self.writer
+            .write_all(b"COUNT\n")
+            .map_err(|e| format!("COUNT: {e}"))?;
+        self.expect_line(&format!("{count}\n"), "COUNT")?;
+        while self.oracle.requests() < count {
+            let _ = self.oracle.handle(b"PING");
+        }
+        Ok(())
+    }
+
+    /// `STREAM len seed`: every byte compared with the generator, then the `SUM` line.
+    /// `progress` counts the bytes received.
+    pub fn stream(
+        &mut self,
+        len: u64,
+        seed: u64,
+        progress: &std::sync::atomic::AtomicUsize,
+    ) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let request = format!("STREAM {len} {seed}");
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .map_err(|e| format!("{request}: {e}"))?;
+        match self.oracle.handle(request.as_bytes()) {
+            cttm_kvd::Reply::Stream { len: l, seed: s } if l == len && s == seed => {}
+            other => return Err(format!("the oracle answers {request:?} with {other:?}")),
+        }
+        self.expect_line(&format!("DATA {len}\n"), &request)?;
+        let mut generator = cttm_kvd::StreamGenerator::new(seed, len);
+        let mut expected = vec![0u8; 256 << 10];
+        let mut got = vec![0u8; 256 << 10];
+        let mut offset = 0u64;
+        let mut last = Instant::now();
+        while generator.remaining() > 0 {
+            let want = generator.fill(&mut expected);
+            let mut have = 0;
+            while have < want {
+                let n = self
+                    .reader
+                    .read(&mut got[have..want])
+                    .map_err(|e| format!("{request}: byte {}: {e}", offset + have as u64))?;
+                if n == 0 {
+                    return Err(format!(
+                        "{request}: the stream ended at byte {}",
+                        offset + have as u64
+                    ));
+                }
+                self.longest_stall = self.longest_stall.max(last.elapsed());
+                last = Instant::now();
+                have += n;
+                progress.fetch_add(n, Ordering::SeqCst);
+            }
+            if got[..want] != expected[..want] {
+                let at = got[..want]
+                    .iter()
+                    .zip(&expected[..want])
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(format!("{request}: byte {} differs", offset + at as u64));
+            }
+            offset += want as u64;
+        }
+        self.expect_line("\n", &request)?;
+        self.expect_line(&format!("{}\n", generator.sum_line()), &request)
+    }
+
+    /// `QUIT`: `BYE`, then the server's FIN (nothing more). Returns the longest stall.
+    pub fn quit(mut self) -> Result<Duration, String> {
+        use std::io::Read;
+        self.request("QUIT")?;
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .map_err(|e| format!("waiting for the close after BYE: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after BYE", rest.len()));
+        }
+        Ok(self.longest_stall)
+    }
+
+    /// `COUNT` (checked by the oracle: no request lost or repeated), then [`KvClient::quit`].
+    pub fn finish(mut self) -> Result<Duration, String> {
+        self.request("COUNT")?;
+        self.quit()
+    }
+}
+
+/// A line of `len` letters, different for each `seed` (kvd values).
+pub fn kv_text(seed: u64, len: usize) -> String {
+    let mut generator = cttm_kvd::StreamGenerator::new(seed ^ 0x5eed, len as u64);
+    let mut bytes = vec![0u8; len];
+    generator.fill(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}

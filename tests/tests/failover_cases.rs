@@ -23,31 +23,35 @@
 //! The tests take turns (one lab at a time): several labs with agents on two cores would
 //! make heartbeats late enough to look like crashes.
 
+mod failover_agents;
+
 use cttm_kvd::{Reply, Session, StreamGenerator};
 use cttm_restore::repair::socket_tcp_info;
-use cttm_tests::failover_lab::{Agent, FailoverLab, REPLICATION_KEY, ServiceFamily, wait_until};
+use cttm_tests::failover_lab::{
+    FailoverLab, KV_CLIENT_TIMEOUT, KvClient, ServiceFamily, kv_text, wait_until,
+};
 use cttm_tests::lab::kernel_tests_enabled;
-use cttmd::backup::{BackupError, BackupExit, run_backup};
-use cttmd::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions};
-use cttmd::primary::{PrimaryError, PrimaryExit, PrimaryMonitor, run_primary_monitored};
-use std::io::{BufRead, BufReader, Read, Write};
+use cttmd::backup::BackupExit;
+use failover_agents::{Rig, crash, finish};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Heartbeats every 50 ms; 8 missed (400 ms) declare the primary dead.
-const HEARTBEAT: HeartbeatOptions = HeartbeatOptions {
-    interval: Duration::from_millis(50),
-    misses: 8,
-};
-/// A client waiting this long for a byte counts as hung.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest any one test's traffic may run.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
 
 /// One lab at a time (see the module documentation).
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Builds a lab (`tag` in its namespace names) and starts both agents in it (`queue`: the
+/// primary's NFQUEUE number).
+fn start_rig(tag: &str, family: ServiceFamily, queue: u16) -> Rig {
+    let lab = FailoverLab::new(tag, family).expect("lab");
+    failover_agents::start(lab, queue).expect("both agents running, replication link up")
+}
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL
@@ -55,181 +59,20 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-type PrimaryAgent = Agent<Result<PrimaryExit, PrimaryError>>;
-type BackupAgent = Agent<Result<BackupExit, BackupError>>;
-
-/// The lab with both agents running and the replication link up.
-struct Rig {
-    lab: FailoverLab,
-    primary: Option<PrimaryAgent>,
-    backup: Option<BackupAgent>,
+/// The crash while `client` runs; then what it returned and what the backup did.
+fn crash_and_join<T>(mut rig: Rig, client: JoinHandle<T>) -> (T, BackupExit) {
+    crash(&mut rig).expect("crash the primary");
+    let result = client.join().expect("client thread");
+    (result, finish(rig).expect("the backup agent"))
 }
 
-impl Rig {
-    fn start(tag: &str, family: ServiceFamily, queue: u16) -> Rig {
-        let lab = FailoverLab::new(tag, family).expect("lab");
-        let backup_options = BackupOptions {
-            services: vec![lab.service()],
-            service_prefix_len: lab.service_prefix_len(),
-            interface: "eth0".into(),
-            listen: lab.replication(),
-            key: REPLICATION_KEY,
-            standby: lab.standby(),
-            heartbeat: HEARTBEAT,
-            announce_count: 3,
-        };
-        let backup = lab
-            .spawn_agent(&lab.backup, move |stop| run_backup(backup_options, stop))
-            .expect("backup agent");
-        let primary_options = PrimaryOptions {
-            services: vec![lab.service()],
-            interface: "eth0".into(),
-            backup: lab.replication(),
-            key: REPLICATION_KEY,
-            mode: CommitMode::Sync,
-            heartbeat: HEARTBEAT,
-            retention_limit: 64 << 20,
-            queue,
-        };
-        let monitor = PrimaryMonitor::new();
-        let primary = {
-            let monitor = monitor.clone();
-            lab.spawn_agent(&lab.primary, move |stop| {
-                run_primary_monitored(primary_options, stop, monitor)
-            })
-            .expect("primary agent")
-        };
-        let mut rig = Rig {
-            lab,
-            primary: Some(primary),
-            backup: Some(backup),
-        };
-        // Connections start once the rules are in place and the link is up, so every one
-        // is protected from its handshake on.
-        let ready = wait_until(Duration::from_secs(20), || {
-            for (name, finished) in [
-                (
-                    "primary",
-                    rig.primary.as_ref().is_some_and(Agent::is_finished),
-                ),
-                (
-                    "backup",
-                    rig.backup.as_ref().is_some_and(Agent::is_finished),
-                ),
-            ] {
-                if finished {
-                    let primary = rig.primary.take().and_then(Agent::stop);
-                    let backup = rig.backup.take().and_then(Agent::stop);
-                    panic!("the {name} agent stopped early: {primary:?} {backup:?}");
-                }
-            }
-            monitor.status().is_some_and(|s| s.link_up)
-        });
-        assert!(ready, "the replication link did not come up");
-        rig
-    }
-
-    fn service(&self) -> SocketAddr {
-        self.lab.service()
-    }
-
-    /// The crash; returns when it happened.
-    fn crash(&mut self) -> Instant {
-        let primary = self.primary.take().expect("the primary runs");
-        let (at, exit) = self.lab.crash(primary).expect("crash the primary");
-        let exit = exit.expect("the primary agent did not panic");
-        assert!(exit.is_ok(), "the primary agent failed: {exit:?}");
-        at
-    }
-
-    /// Stops the backup agent and returns what it did.
-    fn finish(mut self) -> BackupExit {
-        self.backup
-            .take()
-            .and_then(Agent::stop)
-            .expect("the backup agent did not panic")
-            .expect("the backup agent ran without error")
-    }
-}
-
-/// A kvd client that checks every answer against its own [`Session`] oracle.
-struct KvClient {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-    oracle: Session,
-    longest_stall: Duration,
-}
-
-impl KvClient {
-    fn connect(service: SocketAddr, timeout: Duration) -> std::io::Result<KvClient> {
-        let stream = TcpStream::connect_timeout(&service, timeout)?;
-        KvClient::from_stream(stream)
-    }
-
-    fn from_stream(stream: TcpStream) -> std::io::Result<KvClient> {
-        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-        stream.set_nodelay(true)?;
-        Ok(KvClient {
-            reader: BufReader::with_capacity(256 << 10, stream.try_clone()?),
-            writer: stream,
-            oracle: Session::new(),
-            longest_stall: Duration::ZERO,
-        })
-    }
-
-    fn local(&self) -> SocketAddr {
-        self.writer.local_addr().expect("local address")
-    }
-
-    /// Sends one request line and checks its one-line answer.
-    fn request(&mut self, line: &str) -> Result<(), String> {
-        let started = Instant::now();
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .map_err(|e| format!("writing {line:?}: {e}"))?;
-        let expected = match self.oracle.handle(line.as_bytes()) {
-            Reply::Line(text) => format!("{text}\n"),
-            Reply::Bye => "BYE\n".to_string(),
-            Reply::Stream { .. } => return Err("use stream() for STREAM".into()),
-        };
-        self.expect_line(&expected, line)?;
-        self.longest_stall = self.longest_stall.max(started.elapsed());
-        Ok(())
-    }
-
-    fn expect_line(&mut self, expected: &str, request: &str) -> Result<(), String> {
-        let mut answer = String::new();
-        match self.reader.read_line(&mut answer) {
-            Ok(0) => Err(format!("the server closed before answering {request:?}")),
-            Ok(_) if answer == expected => Ok(()),
-            Ok(_) => Err(format!(
-                "wrong answer to {request:?}: {answer:?}, expected {expected:?} (a byte was lost, duplicated or changed)"
-            )),
-            Err(e) => Err(format!("reading the answer to {request:?}: {e}")),
-        }
-    }
-
-    /// `QUIT`: `BYE`, then the server's FIN (nothing more).
-    fn quit(mut self) -> Result<Duration, String> {
-        self.request("QUIT")?;
-        let mut rest = Vec::new();
-        self.reader
-            .read_to_end(&mut rest)
-            .map_err(|e| format!("waiting for the close after BYE: {e}"))?;
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after BYE", rest.len()));
-        }
-        Ok(self.longest_stall)
-    }
-}
-
-/// A line of `len` letters, different for each `seed`.
-fn text(seed: u64, len: usize) -> String {
-    let mut generator = StreamGenerator::new(seed ^ 0x5eed, len as u64);
-    let mut bytes = vec![0u8; len];
-    generator.fill(&mut bytes);
-    String::from_utf8(bytes).expect("letters")
+/// The backup restored `count` connections and none was reset or diverged.
+fn assert_restored_cleanly(exit: &BackupExit, count: usize) {
+    assert_eq!(exit.restored.len(), count, "{exit:?}");
+    assert!(
+        exit.reset.is_empty() && exit.diverged.is_empty(),
+        "{exit:?}"
+    );
 }
 
 fn print_stall(test: &str, stall: Duration, extra: &str) {
@@ -254,8 +97,8 @@ fn handshakes_in_flight() {
     /// A handshake this slow lost a segment to the crash (the SYN is retransmitted after
     /// 1 s): it was in flight when the primary died.
     const SLOW_CONNECT: Duration = Duration::from_millis(300);
-    let mut rig = Rig::start("fch", ServiceFamily::V4, 31);
-    let service = rig.service();
+    let mut rig = start_rig("fch", ServiceFamily::V4, 31);
+    let service = rig.lab.service();
     let stop = Arc::new(AtomicBool::new(false));
     let completed = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + TEST_LIMIT;
@@ -289,7 +132,7 @@ fn handshakes_in_flight() {
                         if connect_time > SLOW_CONNECT {
                             slow_connects += 1;
                         }
-                        let local = client.local();
+                        let local = client.local().expect("local address");
                         let result = (|| {
                             client.request(&format!("SET k {c}-{n}"))?;
                             client.request("INCR i 7")?;
@@ -318,7 +161,7 @@ fn handshakes_in_flight() {
         "connections complete before the crash"
     );
     let before = completed.load(Ordering::SeqCst);
-    let crashed_at = rig.crash();
+    let crashed_at = crash(&mut rig).expect("crash the primary");
     // New connections go on until enough completed after the takeover.
     let after_takeover = wait_until(Duration::from_secs(40), || {
         completed.load(Ordering::SeqCst) >= before + 40
@@ -328,7 +171,7 @@ fn handshakes_in_flight() {
         .into_iter()
         .map(|c| c.join().expect("client thread"))
         .collect();
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     let stall = reports.iter().map(|r| r.2).max().unwrap_or_default();
     let failures: Vec<&String> = reports.iter().flat_map(|r| r.1.iter()).collect();
     let broken: Vec<&String> = reports.iter().flat_map(|r| r.3.iter()).collect();
@@ -375,8 +218,8 @@ fn upload_in_progress() {
     const VALUES: usize = 100;
     const VALUE_LEN: usize = 60_000;
     const UPLOAD_PACE: Duration = Duration::from_millis(15);
-    let mut rig = Rig::start("fcu", ServiceFamily::V4, 32);
-    let service = rig.service();
+    let rig = start_rig("fcu", ServiceFamily::V4, 32);
+    let service = rig.lab.service();
     let total: u64 = (0..VALUES)
         .map(|i| format!("SET u{i} \n").len() as u64 + VALUE_LEN as u64)
         .sum();
@@ -416,7 +259,7 @@ fn upload_in_progress() {
                         Ok(now)
                     };
                     for i in 0..VALUES {
-                        let line = format!("SET u{i} {}\n", text(i as u64, VALUE_LEN));
+                        let line = format!("SET u{i} {}\n", kv_text(i as u64, VALUE_LEN));
                         (&writer)
                             .write_all(line.as_bytes())
                             .map_err(|e| format!("sending line {i}: {e}"))?;
@@ -444,7 +287,7 @@ fn upload_in_progress() {
                 let upload_stall = sender.join().map_err(|_| "sender panicked".to_string())??;
                 let mut checksum = 0xcbf2_9ce4_8422_2325u64;
                 for i in 0..VALUES {
-                    let value = text(i as u64, VALUE_LEN);
+                    let value = kv_text(i as u64, VALUE_LEN);
                     let started = Instant::now();
                     client
                         .writer
@@ -467,9 +310,7 @@ fn upload_in_progress() {
         "the upload progresses"
     );
     let acked_at_crash = acked.load(Ordering::SeqCst);
-    rig.crash();
-    let result = client.join().expect("client thread");
-    let exit = rig.finish();
+    let (result, exit) = crash_and_join(rig, client);
     let (stall, checksum) = result.unwrap_or_else(|e| panic!("upload failed: {e}; {exit:?}"));
     print_stall(
         "upload_in_progress",
@@ -483,74 +324,7 @@ fn upload_in_progress() {
         acked_at_crash < total,
         "the crash came after the upload ({acked_at_crash} of {total} bytes acknowledged)"
     );
-    assert_eq!(exit.restored.len(), 1, "{exit:?}");
-    assert!(
-        exit.reset.is_empty() && exit.diverged.is_empty(),
-        "{exit:?}"
-    );
-}
-
-impl KvClient {
-    /// `COUNT`, expecting `count` (the oracle is not used: callers that bypassed it say
-    /// what the server must have counted).
-    fn expect_count(&mut self, count: u64) -> Result<(), String> {
-        self.writer
-            .write_all(b"COUNT\n")
-            .map_err(|e| format!("COUNT: {e}"))?;
-        self.expect_line(&format!("{count}\n"), "COUNT")?;
-        // keep the oracle in step for QUIT
-        while self.oracle.requests() < count {
-            let _ = self.oracle.handle(b"PING");
-        }
-        Ok(())
-    }
-
-    /// `STREAM len seed`: reads and checks every byte and the `SUM` line. `progress` counts
-    /// the bytes received.
-    fn stream(&mut self, len: u64, seed: u64, progress: &AtomicUsize) -> Result<(), String> {
-        let request = format!("STREAM {len} {seed}");
-        self.writer
-            .write_all(format!("{request}\n").as_bytes())
-            .map_err(|e| format!("{request}: {e}"))?;
-        let _ = self.oracle.handle(request.as_bytes());
-        self.expect_line(&format!("DATA {len}\n"), &request)?;
-        let mut generator = StreamGenerator::new(seed, len);
-        let mut expected = vec![0u8; 256 << 10];
-        let mut got = vec![0u8; 256 << 10];
-        let mut offset = 0u64;
-        let mut last = Instant::now();
-        while generator.remaining() > 0 {
-            let want = generator.fill(&mut expected);
-            let mut have = 0;
-            while have < want {
-                let n = self
-                    .reader
-                    .read(&mut got[have..want])
-                    .map_err(|e| format!("stream byte {}: {e}", offset + have as u64))?;
-                if n == 0 {
-                    return Err(format!(
-                        "the stream ended at byte {} of {len}",
-                        offset + have as u64
-                    ));
-                }
-                self.longest_stall = self.longest_stall.max(last.elapsed());
-                last = Instant::now();
-                have += n;
-                progress.fetch_add(n, Ordering::SeqCst);
-            }
-            if got[..want] != expected[..want] {
-                let at = got[..want]
-                    .iter()
-                    .zip(&expected[..want])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                return Err(format!("stream byte {} differs", offset + at as u64));
-            }
-            offset += want as u64;
-        }
-        self.expect_line("\n", &request)?;
-        self.expect_line(&format!("{}\n", generator.sum_line()), &request)
-    }
+    assert_restored_cleanly(&exit, 1);
 }
 
 /// `STREAM 8000000 42` with the crash after 2 MB: every byte and the checksum verified.
@@ -561,8 +335,8 @@ fn download_in_progress() {
     }
     let _serial = serial();
     const LEN: u64 = 8_000_000;
-    let mut rig = Rig::start("fcd", ServiceFamily::V4, 33);
-    let service = rig.service();
+    let rig = start_rig("fcd", ServiceFamily::V4, 33);
+    let service = rig.lab.service();
     let received = Arc::new(AtomicUsize::new(0));
     let client = {
         let received = received.clone();
@@ -584,9 +358,7 @@ fn download_in_progress() {
         "the download progresses"
     );
     let received_at_crash = received.load(Ordering::SeqCst);
-    rig.crash();
-    let result = client.join().expect("client thread");
-    let exit = rig.finish();
+    let (result, exit) = crash_and_join(rig, client);
     let stall = result.unwrap_or_else(|e| panic!("download failed: {e}; {exit:?}"));
     print_stall(
         "download_in_progress",
@@ -600,11 +372,7 @@ fn download_in_progress() {
         (received_at_crash as u64) < LEN,
         "the crash came after the download"
     );
-    assert_eq!(exit.restored.len(), 1, "{exit:?}");
-    assert!(
-        exit.reset.is_empty() && exit.diverged.is_empty(),
-        "{exit:?}"
-    );
+    assert_restored_cleanly(&exit, 1);
 }
 
 /// 16 connections with per-connection state, idle at the crash; then each is used again
@@ -616,8 +384,8 @@ fn idle_connections() {
     }
     let _serial = serial();
     const CONNECTIONS: usize = 16;
-    let mut rig = Rig::start("fci", ServiceFamily::V4, 34);
-    let service = rig.service();
+    let mut rig = start_rig("fci", ServiceFamily::V4, 34);
+    let service = rig.lab.service();
     let mut clients: Vec<KvClient> = rig
         .lab
         .client
@@ -634,7 +402,7 @@ fn idle_connections() {
     }
     // Idle: every answer was received (sync mode: the backup holds all of it).
     std::thread::sleep(Duration::from_millis(200));
-    let crashed_at = rig.crash();
+    let crashed_at = crash(&mut rig).expect("crash the primary");
     let users: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -652,7 +420,7 @@ fn idle_connections() {
         .map(|u| u.join().expect("client thread"))
         .collect();
     let resumed = crashed_at.elapsed();
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
@@ -673,11 +441,7 @@ fn idle_connections() {
             exit.restored.len()
         ),
     );
-    assert_eq!(exit.restored.len(), CONNECTIONS, "{exit:?}");
-    assert!(
-        exit.reset.is_empty() && exit.diverged.is_empty(),
-        "{exit:?}"
-    );
+    assert_restored_cleanly(&exit, CONNECTIONS);
 }
 
 /// Debian's `socat`, unmodified, as the client: requests on its stdin, its stdout compared
@@ -702,8 +466,8 @@ fn unmodified_socat_client() {
         return;
     }
     let _serial = serial();
-    let mut rig = Rig::start("fcs", ServiceFamily::V4, 35);
-    let target = format!("TCP:{}", rig.service());
+    let mut rig = start_rig("fcs", ServiceFamily::V4, 35);
+    let target = format!("TCP:{}", rig.lab.service());
     let mut child = rig
         .lab
         .client
@@ -732,7 +496,7 @@ fn unmodified_socat_client() {
     let mut stall = Duration::ZERO;
     // When the client last heard from the server or sent a request: the stall is the longest
     // gap from there to the next chunk while an answer is awaited (chunks are timed by the
-    // reader thread, so a gap spent in `rig.crash()` counts too).
+    // reader thread, so a gap spent in the crash counts too).
     let mut last = Instant::now();
     // Sends `line` (if any), adds its answer to `expected`, and waits until socat printed
     // it, or only the first `partial` bytes of it.
@@ -760,7 +524,7 @@ fn unmodified_socat_client() {
                 }
             }
             let until = partial.map_or(expected.len(), |p| before + p);
-            let deadline = Instant::now() + CLIENT_TIMEOUT;
+            let deadline = Instant::now() + KV_CLIENT_TIMEOUT;
             while seen.len() < until {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match output.recv_timeout(left) {
@@ -792,7 +556,7 @@ fn unmodified_socat_client() {
         &mut expected,
     );
     let seen_at_crash = seen.len();
-    rig.crash();
+    crash(&mut rig).expect("crash the primary");
     exchange(None, None, &mut seen, &mut expected);
     for i in 0..5 {
         exchange(Some(&format!("GET key{i}")), None, &mut seen, &mut expected);
@@ -823,7 +587,7 @@ fn unmodified_socat_client() {
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut errors);
     }
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     print_stall(
         "unmodified_socat_client",
         stall,
@@ -860,8 +624,8 @@ fn ipv6_service_address() {
     let _serial = serial();
     const CONNECTIONS: usize = 4;
     const REQUESTS: usize = 600;
-    let mut rig = Rig::start("fc6", ServiceFamily::V6, 36);
-    let service = rig.service();
+    let mut rig = start_rig("fc6", ServiceFamily::V6, 36);
+    let service = rig.lab.service();
     let answered = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|c| {
@@ -876,7 +640,7 @@ fn ipv6_service_address() {
                         if Instant::now() > deadline {
                             return Err(format!("out of time after {i} requests"));
                         }
-                        client.request(&format!("ECHO {c} {i} {}", text(i as u64, 100 + i)))?;
+                        client.request(&format!("ECHO {c} {i} {}", kv_text(i as u64, 100 + i)))?;
                         client.request(&format!("INCR total {i}"))?;
                         answered.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(3));
@@ -892,12 +656,12 @@ fn ipv6_service_address() {
             >= CONNECTIONS * 50),
         "traffic on every connection"
     );
-    rig.crash();
+    crash(&mut rig).expect("crash the primary");
     let results: Vec<_> = clients
         .into_iter()
         .map(|c| c.join().expect("client thread"))
         .collect();
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     let kept = results.iter().filter(|r| r.is_ok()).count();
     let stall = results
         .iter()
@@ -936,8 +700,8 @@ fn third_ack_lost_before_the_crash() {
     }
     let _serial = serial();
     const CLIENT_PORT: u16 = 45123;
-    let mut rig = Rig::start("fc3", ServiceFamily::V4, 36);
-    let service = rig.service();
+    let mut rig = start_rig("fc3", ServiceFamily::V4, 36);
+    let service = rig.lab.service();
     let port = CLIENT_PORT.to_string();
     rig.lab
         .primary
@@ -973,7 +737,7 @@ fn third_ack_lost_before_the_crash() {
         .write_all(b"SET greeting hello\n")
         .expect("send the first request");
     std::thread::sleep(Duration::from_millis(300));
-    let crashed_at = rig.crash();
+    let crashed_at = crash(&mut rig).expect("crash the primary");
     let expected = match client.oracle.handle(b"SET greeting hello") {
         Reply::Line(text) => format!("{text}\n"),
         other => panic!("unexpected oracle reply {other:?}"),
@@ -985,7 +749,7 @@ fn third_ack_lost_before_the_crash() {
         client.quit()
     });
     let resumed = crashed_at.elapsed();
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     let id_port = CLIENT_PORT;
     assert!(
         rest.is_ok(),

@@ -25,34 +25,25 @@
 //! The longest stall a client saw is printed, not asserted (speed is the blackout
 //! benchmark's job).
 
+mod failover_agents;
+
 use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource, RingConfig};
 use cttm_capture::{CaptureSource, CapturedFrame};
 use cttm_core::wire::{ParseError, parse_frame};
 use cttm_core::{ServiceEndpoint, ServiceSet};
-use cttm_kvd::{Reply, Session, StreamGenerator};
 use cttm_tests::failover_lab::{
-    Agent, FailoverLab, REPLICATION_INTERFACE, REPLICATION_KEY, SEPARATE_REPLICATION_PRIMARY,
-    SERVICE_PORT, ServiceFamily, wait_until,
+    FailoverLab, KvClient, REPLICATION_INTERFACE, SEPARATE_REPLICATION_PRIMARY, SERVICE_PORT,
+    ServiceFamily, kv_text, wait_until,
 };
 use cttm_tests::lab::{Netns, kernel_tests_enabled};
-use cttmd::backup::{BackupError, BackupExit, run_backup};
-use cttmd::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions};
-use cttmd::primary::{PrimaryError, PrimaryExit, PrimaryMonitor, run_primary_monitored};
+use failover_agents::{crash, finish};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Heartbeats every 50 ms; 8 missed (400 ms) declare the primary dead.
-const HEARTBEAT: HeartbeatOptions = HeartbeatOptions {
-    interval: Duration::from_millis(50),
-    misses: 8,
-};
-/// A client waiting this long for a byte counts as hung.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest the test's traffic may run.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
 /// The longest a capture runs (it is stopped well before).
@@ -60,97 +51,16 @@ const CAPTURE_LIMIT: Duration = Duration::from_secs(240);
 /// The NFQUEUE queue of this test's primary (other tests use other numbers).
 const QUEUE: u16 = 41;
 
-type PrimaryAgent = Agent<Result<PrimaryExit, PrimaryError>>;
-type BackupAgent = Agent<Result<BackupExit, BackupError>>;
-
-/// The lab with its separate replication network and both agents running, link up.
-struct Rig {
-    lab: FailoverLab,
-    primary: Option<PrimaryAgent>,
-    backup: Option<BackupAgent>,
-}
-
-impl Rig {
-    /// Builds the lab; the agents start with [`Rig::start_agents`] (after the captures).
-    fn lab(tag: &str) -> FailoverLab {
-        let lab = FailoverLab::with_replication_network(tag, ServiceFamily::V4).expect("lab");
-        assert!(lab.has_replication_network());
-        assert_eq!(
-            lab.replication(),
-            "198.19.0.2:7700".parse::<SocketAddr>().expect("address")
-        );
-        lab
-    }
-
-    fn start_agents(lab: FailoverLab) -> Rig {
-        let backup_options = BackupOptions {
-            services: vec![lab.service()],
-            service_prefix_len: lab.service_prefix_len(),
-            // The takeover happens on the service network; replication is on eth1.
-            interface: "eth0".into(),
-            listen: lab.replication(),
-            key: REPLICATION_KEY,
-            standby: lab.standby(),
-            heartbeat: HEARTBEAT,
-            announce_count: 3,
-        };
-        let backup = lab
-            .spawn_agent(&lab.backup, move |stop| run_backup(backup_options, stop))
-            .expect("backup agent");
-        let primary_options = PrimaryOptions {
-            services: vec![lab.service()],
-            interface: "eth0".into(),
-            backup: lab.replication(),
-            key: REPLICATION_KEY,
-            mode: CommitMode::Sync,
-            heartbeat: HEARTBEAT,
-            retention_limit: 64 << 20,
-            queue: QUEUE,
-        };
-        let monitor = PrimaryMonitor::new();
-        let primary = {
-            let monitor = monitor.clone();
-            lab.spawn_agent(&lab.primary, move |stop| {
-                run_primary_monitored(primary_options, stop, monitor)
-            })
-            .expect("primary agent")
-        };
-        let mut rig = Rig {
-            lab,
-            primary: Some(primary),
-            backup: Some(backup),
-        };
-        let ready = wait_until(Duration::from_secs(20), || {
-            let primary_ended = rig.primary.as_ref().is_some_and(Agent::is_finished);
-            let backup_ended = rig.backup.as_ref().is_some_and(Agent::is_finished);
-            if primary_ended || backup_ended {
-                let primary = rig.primary.take().and_then(Agent::stop);
-                let backup = rig.backup.take().and_then(Agent::stop);
-                panic!("an agent stopped early: primary {primary:?}, backup {backup:?}");
-            }
-            monitor.status().is_some_and(|s| s.link_up)
-        });
-        assert!(ready, "the replication link did not come up");
-        rig
-    }
-
-    /// The crash: the primary is cut off the service network and the replication network,
-    /// then its agent and its kvd stop.
-    fn crash(&mut self) -> Instant {
-        let primary = self.primary.take().expect("the primary runs");
-        let (at, exit) = self.lab.crash(primary).expect("crash the primary");
-        let exit = exit.expect("the primary agent did not panic");
-        assert!(exit.is_ok(), "the primary agent failed: {exit:?}");
-        at
-    }
-
-    fn finish(mut self) -> BackupExit {
-        self.backup
-            .take()
-            .and_then(Agent::stop)
-            .expect("the backup agent did not panic")
-            .expect("the backup agent ran without error")
-    }
+/// Builds the lab with its separate replication network; the agents start with
+/// [`failover_agents::start`] (after the captures).
+fn replication_network_lab(tag: &str) -> FailoverLab {
+    let lab = FailoverLab::with_replication_network(tag, ServiceFamily::V4).expect("lab");
+    assert!(lab.has_replication_network());
+    assert_eq!(
+        lab.replication(),
+        "198.19.0.2:7700".parse::<SocketAddr>().expect("address")
+    );
+    lab
 }
 
 /// What one capture saw.
@@ -292,133 +202,6 @@ fn established(host: &Netns, filter: &str) -> Vec<(SocketAddr, SocketAddr)> {
         .collect()
 }
 
-/// A kvd client that checks every answer against its own [`Session`] oracle.
-struct KvClient {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-    oracle: Session,
-    longest_stall: Duration,
-}
-
-impl KvClient {
-    fn connect(service: SocketAddr) -> Result<KvClient, String> {
-        let stream = TcpStream::connect_timeout(&service, Duration::from_secs(5))
-            .map_err(|e| format!("connect: {e}"))?;
-        let setup = || -> std::io::Result<KvClient> {
-            stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-            stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-            stream.set_nodelay(true)?;
-            Ok(KvClient {
-                reader: BufReader::with_capacity(256 << 10, stream.try_clone()?),
-                writer: stream.try_clone()?,
-                oracle: Session::new(),
-                longest_stall: Duration::ZERO,
-            })
-        };
-        setup().map_err(|e| format!("socket setup: {e}"))
-    }
-
-    /// Sends one request line and checks its one-line answer.
-    fn request(&mut self, line: &str) -> Result<(), String> {
-        let started = Instant::now();
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .map_err(|e| format!("writing {line:?}: {e}"))?;
-        let expected = match self.oracle.handle(line.as_bytes()) {
-            Reply::Line(text) => format!("{text}\n"),
-            Reply::Bye => "BYE\n".to_string(),
-            Reply::Stream { .. } => return Err("use stream() for STREAM".into()),
-        };
-        self.expect_line(&expected, line)?;
-        self.longest_stall = self.longest_stall.max(started.elapsed());
-        Ok(())
-    }
-
-    fn expect_line(&mut self, expected: &str, request: &str) -> Result<(), String> {
-        let mut answer = String::new();
-        match self.reader.read_line(&mut answer) {
-            Ok(0) => Err(format!("the server closed before answering {request:?}")),
-            Ok(_) if answer == expected => Ok(()),
-            Ok(_) => Err(format!(
-                "wrong answer to {request:?}: {answer:?}, expected {expected:?} (a byte was lost, duplicated or changed)"
-            )),
-            Err(e) => Err(format!("reading the answer to {request:?}: {e}")),
-        }
-    }
-
-    /// `STREAM len seed`: every byte compared with the generator, then the `SUM` line.
-    /// `progress` counts the bytes received.
-    fn stream(&mut self, len: u64, seed: u64, progress: &AtomicUsize) -> Result<(), String> {
-        let request = format!("STREAM {len} {seed}");
-        self.writer
-            .write_all(format!("{request}\n").as_bytes())
-            .map_err(|e| format!("{request}: {e}"))?;
-        match self.oracle.handle(request.as_bytes()) {
-            Reply::Stream { len: l, seed: s } if l == len && s == seed => {}
-            other => return Err(format!("the oracle answers {request:?} with {other:?}")),
-        }
-        self.expect_line(&format!("DATA {len}\n"), &request)?;
-        let mut generator = StreamGenerator::new(seed, len);
-        let mut expected = vec![0u8; 128 << 10];
-        let mut got = vec![0u8; 128 << 10];
-        let mut offset = 0u64;
-        let mut last = Instant::now();
-        while generator.remaining() > 0 {
-            let want = generator.fill(&mut expected);
-            let mut have = 0;
-            while have < want {
-                let n = self
-                    .reader
-                    .read(&mut got[have..want])
-                    .map_err(|e| format!("{request}: byte {}: {e}", offset + have as u64))?;
-                if n == 0 {
-                    return Err(format!(
-                        "{request}: the stream ended at byte {}",
-                        offset + have as u64
-                    ));
-                }
-                self.longest_stall = self.longest_stall.max(last.elapsed());
-                last = Instant::now();
-                have += n;
-                progress.fetch_add(n, Ordering::SeqCst);
-            }
-            if got[..want] != expected[..want] {
-                let at = got[..want]
-                    .iter()
-                    .zip(&expected[..want])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                return Err(format!("{request}: byte {} differs", offset + at as u64));
-            }
-            offset += want as u64;
-        }
-        self.expect_line("\n", &request)?;
-        self.expect_line(&format!("{}\n", generator.sum_line()), &request)
-    }
-
-    /// `COUNT` (no request lost or repeated), `QUIT`, `BYE`, then the server's FIN.
-    fn finish(mut self) -> Result<Duration, String> {
-        self.request("COUNT")?;
-        self.request("QUIT")?;
-        let mut rest = Vec::new();
-        self.reader
-            .read_to_end(&mut rest)
-            .map_err(|e| format!("waiting for the close after BYE: {e}"))?;
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after BYE", rest.len()));
-        }
-        Ok(self.longest_stall)
-    }
-}
-
-/// A line of `len` letters, different for each `seed`.
-fn text(seed: u64, len: usize) -> String {
-    let mut generator = StreamGenerator::new(seed ^ 0x5eed, len as u64);
-    let mut bytes = vec![0u8; len];
-    generator.fill(&mut bytes);
-    String::from_utf8(bytes).expect("letters")
-}
-
 /// What one client connection did.
 #[derive(Debug)]
 struct ClientReport {
@@ -446,7 +229,7 @@ fn replication_on_a_separate_network() {
     const STREAM_ROUNDS_AFTER: usize = 2;
     const MAX_ROUNDS: usize = 20_000;
 
-    let lab = Rig::lab("fnet");
+    let lab = replication_network_lab("fnet");
     let replication_port = lab.replication().port();
     // The captures open before the agents start: the whole replication link is seen.
     let captures = [
@@ -468,7 +251,8 @@ fn replication_on_a_separate_network() {
             ),
         ),
     ];
-    let mut rig = Rig::start_agents(lab);
+    let mut rig =
+        failover_agents::start(lab, QUEUE).expect("both agents running, replication link up");
 
     // The link runs between the replication addresses, on both ends.
     let replication = rig.lab.replication();
@@ -507,7 +291,8 @@ fn replication_on_a_separate_network() {
             rig.lab
                 .client
                 .spawn(move || -> Result<ClientReport, String> {
-                    let mut client = KvClient::connect(service)?;
+                    let mut client = KvClient::connect(service, Duration::from_secs(5))
+                        .map_err(|e| format!("connect: {e}"))?;
                     let streaming = c % STREAM_EVERY == 0;
                     let after = if streaming {
                         STREAM_ROUNDS_AFTER
@@ -536,7 +321,7 @@ fn replication_on_a_separate_network() {
                                 .and_then(|()| client.request("GET round"))
                         } else {
                             let line =
-                                text((c * MAX_ROUNDS + round) as u64, 40 + (round * 7) % 300);
+                                kv_text((c * MAX_ROUNDS + round) as u64, 40 + (round * 7) % 300);
                             client
                                 .request(&format!("ECHO {c} {round} {line}"))
                                 .and_then(|()| client.request(&format!("INCR total {round}")))
@@ -590,14 +375,18 @@ fn replication_on_a_separate_network() {
         })
     });
     let streamed_at_crash: Vec<usize> = streamed.iter().map(|s| s.load(Ordering::SeqCst)).collect();
-    let crashed_at = if under_way { Some(rig.crash()) } else { None };
+    let crashed_at = if under_way {
+        Some(crash(&mut rig).expect("crash the primary"))
+    } else {
+        None
+    };
     crashed.store(true, Ordering::SeqCst);
     let results: Vec<_> = clients
         .into_iter()
         .map(|c| c.join().expect("client thread"))
         .collect();
     let resumed = crashed_at.map(|at| at.elapsed());
-    let exit = rig.finish();
+    let exit = finish(rig).expect("the backup agent");
     let seen: Vec<(&str, Seen)> = captures
         .into_iter()
         .map(|(name, capture)| (name, capture.finish()))

@@ -14,6 +14,7 @@ use cttm_restore::{ClockPolicy, RestoreError, RestoreOptions};
 use cttm_tests::lab::{Lab, Netns, kernel_tests_enabled};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const CLIENT_ADDRS: [&str; 2] = ["198.18.0.1/24", "2001:db8::1/64"];
@@ -310,61 +311,108 @@ fn accept(listener: &TcpListener) -> TcpStream {
     }
 }
 
+/// A firewall rule dropping TCP segments in a namespace while it lives: inserted with each
+/// of `tools` (`iptables`, `ip6tables`), deleted again on drop (on every exit path).
+struct DropRule {
+    ns: Netns,
+    tools: &'static [&'static str],
+    /// The chain and the match, between `-I`/`-D` and `-j DROP`.
+    rule: Vec<String>,
+}
+
+impl DropRule {
+    fn new(ns: &Netns, tools: &'static [&'static str], rule: &[&str]) -> DropRule {
+        let drop = DropRule {
+            ns: ns.clone(),
+            tools,
+            rule: rule.iter().map(|part| part.to_string()).collect(),
+        };
+        for tool in tools {
+            ns.exec(tool, &drop.arguments("-I"))
+                .expect("insert a drop rule");
+        }
+        drop
+    }
+
+    fn arguments(&self, action: &'static str) -> Vec<&str> {
+        let rule = self.rule.iter().map(String::as_str);
+        ["-w", action]
+            .into_iter()
+            .chain(rule)
+            .chain(["-j", "DROP"])
+            .collect()
+    }
+}
+
+impl Drop for DropRule {
+    fn drop(&mut self) {
+        for tool in self.tools {
+            let _ = self.ns.exec(tool, &self.arguments("-D"));
+        }
+    }
+}
+
 /// Drops the segments arriving from the network for the service port while it lives (as
 /// CRIU's network lock): between closing a socket and restoring it on the same host, a client
 /// segment would meet no socket, or the listener, and be answered with a reset. (Moving to
 /// another host has no such gap: the address is not there until it is claimed.)
-struct NetworkLock {
-    ns: Netns,
-    port: String,
+fn network_lock(ns: &Netns, port: u16) -> DropRule {
+    let port = port.to_string();
+    DropRule::new(
+        ns,
+        &["iptables", "ip6tables"],
+        &["INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port],
+    )
 }
 
-impl NetworkLock {
-    fn new(ns: &Netns, port: u16) -> NetworkLock {
-        let lock = NetworkLock {
-            ns: ns.clone(),
-            port: port.to_string(),
-        };
-        for tool in ["iptables", "ip6tables"] {
-            ns.exec(
-                tool,
-                &[
-                    "-w", "-I", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &lock.port, "-j",
-                    "DROP",
-                ],
-            )
-            .expect("lock");
-        }
-        lock
-    }
+/// Drops what the server sends from `port` while it lives (a lossy path towards the client).
+fn output_drop(ns: &Netns, port: u16) -> DropRule {
+    let port = port.to_string();
+    DropRule::new(
+        ns,
+        &["iptables"],
+        &["OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &port],
+    )
 }
 
-impl Drop for NetworkLock {
-    fn drop(&mut self) {
-        for tool in ["iptables", "ip6tables"] {
-            let _ = self.ns.exec(
-                tool,
-                &[
-                    "-w", "-D", "INPUT", "-i", "eth0", "-p", "tcp", "--dport", &self.port, "-j",
-                    "DROP",
-                ],
-            );
-        }
-    }
+/// Listens on the plan's server address in `server`, runs the client `plan` in `client` and
+/// accepts its connection (non-blocking). The listener is returned to live on.
+fn connect_client(
+    client: &Netns,
+    server: &Netns,
+    plan: ClientPlan,
+) -> (TcpListener, JoinHandle<ClientReport>, TcpStream) {
+    let listener = listen(server, plan.server);
+    let client_thread = client.spawn(move || run_client(plan)).expect("client");
+    let stream = accept(&listener);
+    (listener, client_thread, stream)
 }
 
 /// Freezes, dumps and silently closes the server socket, then restores it in `server`, with
 /// the network locked meanwhile.
 fn move_socket(server: &Netns, stream: TcpStream) -> (ConnectionSnapshot, TcpStream) {
-    let _lock = NetworkLock::new(server, stream.local_addr().expect("local").port());
+    let lock = network_lock(server, stream.local_addr().expect("local").port());
     let frozen = FrozenConnection::freeze(stream).expect("freeze");
     let snapshot = frozen.dump().expect("dump");
     frozen.close().expect("close");
-    let restored =
-        restore_in(server, &snapshot, RestoreOptions::at(monotonic_now())).expect("restore");
-    let stream = restored.into_stream();
-    stream.set_nonblocking(true).expect("nonblocking");
+    let stream = restore_then_unlock(server, &snapshot, RestoreOptions::at(monotonic_now()), lock);
     (snapshot, stream)
+}
+
+/// Restores `snapshot` in `server`, then lifts `lock` (the network lock held since the
+/// original socket closed); the restored socket is non-blocking.
+fn restore_then_unlock(
+    server: &Netns,
+    snapshot: &ConnectionSnapshot,
+    options: RestoreOptions,
+    lock: DropRule,
+) -> TcpStream {
+    let stream = restore_in(server, snapshot, options)
+        .expect("restore")
+        .into_stream();
+    drop(lock);
+    stream.set_nonblocking(true).expect("nonblocking");
+    stream
 }
 
 fn restore_in(
@@ -401,6 +449,19 @@ fn wait_for_dump(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs the server app to the end of both streams, then checks both: the client sent
+/// `client_sent` bytes.
+fn finish_and_check(
+    app: &mut ServerApp,
+    s: &mut TcpStream,
+    client_thread: JoinHandle<ClientReport>,
+    client_sent: u64,
+) {
+    app.run_until(s, true, true, ServerApp::finished);
+    let report = client_thread.join().expect("client thread");
+    assert_client(&report, app, client_sent);
 }
 
 fn assert_client(report: &ClientReport, app: &ServerApp, client_sent: u64) {
@@ -440,6 +501,34 @@ struct Scenario {
     client_read_delay: Duration,
 }
 
+impl Scenario {
+    /// `bytes` each way over IPv4 with the default options and buffers; the socket moves
+    /// once a quarter of each stream went through.
+    fn streaming(tag: &'static str, bytes: u64) -> Scenario {
+        Scenario {
+            tag,
+            v6: false,
+            sysctls: &[],
+            client_bytes: bytes,
+            server_bytes: bytes,
+            big_buffers: false,
+            before: BeforeDump::Streaming,
+            client_read_delay: Duration::ZERO,
+        }
+    }
+
+    /// `bytes` each way over IPv4 with big server buffers; the client reads after 2 s, and
+    /// the socket moves once both its queues hold at least `queued` bytes.
+    fn full_queues(tag: &'static str, bytes: u64, queued: usize) -> Scenario {
+        Scenario {
+            big_buffers: true,
+            before: BeforeDump::FillQueues(queued),
+            client_read_delay: Duration::from_secs(2),
+            ..Scenario::streaming(tag, bytes)
+        }
+    }
+}
+
 /// Streams both ways, moves the server socket mid-stream, finishes, and checks every byte.
 fn run_scenario(sc: Scenario) -> ConnectionSnapshot {
     let (_lab, client, server) = lab(sc.tag, sc.sysctls);
@@ -447,13 +536,11 @@ fn run_scenario(sc: Scenario) -> ConnectionSnapshot {
         big_server_buffers(&client, &server);
     }
     let addr = service_addr(sc.v6, 7100);
-    let listener = listen(&server, addr);
     let plan = ClientPlan {
         read_delay: sc.client_read_delay,
         ..ClientPlan::sending(addr, sc.client_bytes)
     };
-    let client_thread = client.spawn(move || run_client(plan)).expect("client");
-    let mut s = accept(&listener);
+    let (_listener, client_thread, mut s) = connect_client(&client, &server, plan);
     let mut app = ServerApp::new(sc.server_bytes, 0);
     match sc.before {
         BeforeDump::Streaming => {
@@ -471,9 +558,7 @@ fn run_scenario(sc: Scenario) -> ConnectionSnapshot {
         }
     }
     let (snapshot, mut s) = move_socket(&server, s);
-    app.run_until(&mut s, true, true, ServerApp::finished);
-    let report = client_thread.join().expect("client thread");
-    assert_client(&report, &app, sc.client_bytes);
+    finish_and_check(&mut app, &mut s, client_thread, sc.client_bytes);
     snapshot
 }
 
@@ -482,16 +567,7 @@ fn a_streaming_connection_survives_dump_close_and_restore() {
     if !kernel_tests_enabled("restore_repair::streaming") {
         return;
     }
-    let snapshot = run_scenario(Scenario {
-        tag: "rr-basic",
-        v6: false,
-        sysctls: &[],
-        client_bytes: 16 << 20,
-        server_bytes: 16 << 20,
-        big_buffers: false,
-        before: BeforeDump::Streaming,
-        client_read_delay: Duration::ZERO,
-    });
+    let snapshot = run_scenario(Scenario::streaming("rr-basic", 16 << 20));
     assert_eq!(snapshot.state, TcpState::Established);
     assert!(
         snapshot.options.timestamps
@@ -511,10 +587,8 @@ fn a_listener_binds_the_service_port_after_a_restore() {
     for (tag, v6) in [("rr-relisten4", false), ("rr-relisten6", true)] {
         let (_lab, client, server) = lab(tag, &[]);
         let addr = service_addr(v6, 7111);
-        let listener = listen(&server, addr);
         let plan = ClientPlan::sending(addr, 1 << 20);
-        let client_thread = client.spawn(move || run_client(plan)).expect("client");
-        let mut s = accept(&listener);
+        let (listener, client_thread, mut s) = connect_client(&client, &server, plan);
         // The old listener goes away (as when the daemon restarts, or on a backup that never
         // listened): only the connection holds the port when it is restored.
         drop(listener);
@@ -544,9 +618,7 @@ fn a_listener_binds_the_service_port_after_a_restore() {
                 .expect("second client"),
             b"hello"
         );
-        app.run_until(&mut s, true, true, ServerApp::finished);
-        let report = client_thread.join().expect("client thread");
-        assert_client(&report, &app, 1 << 20);
+        finish_and_check(&mut app, &mut s, client_thread, 1 << 20);
     }
 }
 
@@ -555,16 +627,7 @@ fn megabytes_queued_in_both_directions_are_restored() {
     if !kernel_tests_enabled("restore_repair::big_queues") {
         return;
     }
-    let snapshot = run_scenario(Scenario {
-        tag: "rr-bigq",
-        v6: false,
-        sysctls: &[],
-        client_bytes: 24 << 20,
-        server_bytes: 24 << 20,
-        big_buffers: true,
-        before: BeforeDump::FillQueues(1 << 20),
-        client_read_delay: Duration::from_secs(2),
-    });
+    let snapshot = run_scenario(Scenario::full_queues("rr-bigq", 24 << 20, 1 << 20));
     assert!(snapshot.receive.bytes.len() >= 1 << 20 && snapshot.send.bytes.len() >= 1 << 20);
     assert!(
         snapshot.send.unsent > 0,
@@ -578,51 +641,28 @@ fn options_off_timestamps_window_scaling_sack() {
         return;
     }
     let snapshot = run_scenario(Scenario {
-        tag: "rr-nots",
-        v6: false,
         sysctls: &["net.ipv4.tcp_timestamps=0"],
-        client_bytes: 2 << 20,
-        server_bytes: 2 << 20,
-        big_buffers: false,
-        before: BeforeDump::Streaming,
-        client_read_delay: Duration::ZERO,
+        ..Scenario::streaming("rr-nots", 2 << 20)
     });
     assert!(!snapshot.options.timestamps && snapshot.clock.is_none());
     let snapshot = run_scenario(Scenario {
-        tag: "rr-nows",
-        v6: false,
         sysctls: &["net.ipv4.tcp_window_scaling=0"],
-        client_bytes: 1 << 20,
-        server_bytes: 1 << 20,
-        big_buffers: false,
-        before: BeforeDump::Streaming,
-        client_read_delay: Duration::ZERO,
+        ..Scenario::streaming("rr-nows", 1 << 20)
     });
     assert_eq!(snapshot.options.window_scale, None);
     let snapshot = run_scenario(Scenario {
-        tag: "rr-nosack",
-        v6: false,
         sysctls: &["net.ipv4.tcp_sack=0"],
-        client_bytes: 2 << 20,
-        server_bytes: 2 << 20,
-        big_buffers: false,
-        before: BeforeDump::Streaming,
-        client_read_delay: Duration::ZERO,
+        ..Scenario::streaming("rr-nosack", 2 << 20)
     });
     assert!(!snapshot.options.sack);
     let snapshot = run_scenario(Scenario {
-        tag: "rr-none",
         v6: true,
         sysctls: &[
             "net.ipv4.tcp_sack=0",
             "net.ipv4.tcp_timestamps=0",
             "net.ipv4.tcp_window_scaling=0",
         ],
-        client_bytes: 1 << 20,
-        server_bytes: 1 << 20,
-        big_buffers: true,
-        before: BeforeDump::FillQueues(16 << 10),
-        client_read_delay: Duration::from_secs(2),
+        ..Scenario::full_queues("rr-none", 1 << 20, 16 << 10)
     });
     assert!(
         !snapshot.options.sack
@@ -637,14 +677,8 @@ fn ipv6_connection_with_full_queues_is_restored() {
         return;
     }
     let snapshot = run_scenario(Scenario {
-        tag: "rr-v6",
         v6: true,
-        sysctls: &[],
-        client_bytes: 8 << 20,
-        server_bytes: 8 << 20,
-        big_buffers: true,
-        before: BeforeDump::FillQueues(512 << 10),
-        client_read_delay: Duration::from_secs(2),
+        ..Scenario::full_queues("rr-v6", 8 << 20, 512 << 10)
     });
     assert!(snapshot.id.server.is_ipv6());
 }
@@ -658,11 +692,9 @@ fn client_half_closed_before_the_dump() {
         let (_lab, client, server) = lab(tag, &[]);
         big_server_buffers(&client, &server);
         let addr = service_addr(v6, 7101);
-        let listener = listen(&server, addr);
         let client_bytes = 300_000;
         let plan = ClientPlan::sending(addr, client_bytes);
-        let client_thread = client.spawn(move || run_client(plan)).expect("client");
-        let mut s = accept(&listener);
+        let (_listener, client_thread, mut s) = connect_client(&client, &server, plan);
         let mut app = ServerApp::new(2 << 20, 0);
         app.run_until(&mut s, true, true, |a| a.received >= 100_000);
         // The client sends the rest and its FIN; the server leaves them unread.
@@ -672,9 +704,7 @@ fn client_half_closed_before_the_dump() {
         assert!(before.receive.fin && !before.receive.bytes.is_empty());
         let (snapshot, mut s) = move_socket(&server, s);
         assert_eq!(snapshot.state, TcpState::CloseWait);
-        app.run_until(&mut s, true, true, ServerApp::finished);
-        let report = client_thread.join().expect("client thread");
-        assert_client(&report, &app, client_bytes);
+        finish_and_check(&mut app, &mut s, client_thread, client_bytes);
     }
 }
 
@@ -711,13 +741,11 @@ fn server_half_closed_before_the_dump() {
         let (_lab, client, server) = lab(tag, &[]);
         big_server_buffers(&client, &server);
         let addr = service_addr(false, 7102);
-        let listener = listen(&server, addr);
         let plan = ClientPlan {
             read_delay,
             ..ClientPlan::sending(addr, client_bytes)
         };
-        let client_thread = client.spawn(move || run_client(plan)).expect("client");
-        let mut s = accept(&listener);
+        let (_listener, client_thread, mut s) = connect_client(&client, &server, plan);
         let mut app = ServerApp::new(server_bytes, 0);
         // The server writes everything and its FIN; it reads only a little.
         app.run_until(&mut s, false, true, |a| a.shut_write);
@@ -731,9 +759,7 @@ fn server_half_closed_before_the_dump() {
                 "FIN queued behind unsent bytes"
             );
         }
-        app.run_until(&mut s, true, true, ServerApp::finished);
-        let report = client_thread.join().expect("client thread");
-        assert_client(&report, &app, client_bytes);
+        finish_and_check(&mut app, &mut s, client_thread, client_bytes);
     }
 }
 
@@ -839,7 +865,7 @@ fn a_thousand_connections_are_dumped_and_restored_at_once() {
         s.set_nonblocking(true).expect("nonblocking");
         ordered.push((peer, s, app));
     }
-    let lock = NetworkLock::new(&server, 7103);
+    let lock = network_lock(&server, 7103);
     let frozen: Vec<(FrozenConnection, ServerApp)> = ordered
         .into_iter()
         .map(|(_, s, app)| (FrozenConnection::freeze(s).expect("freeze"), app))
@@ -921,7 +947,7 @@ fn one_way_connection(
     client: &Netns,
     server: &Netns,
     port: u16,
-) -> (std::thread::JoinHandle<ClientReport>, TcpStream, ServerApp) {
+) -> (JoinHandle<ClientReport>, TcpStream, ServerApp) {
     let addr = service_addr(false, port);
     one_way_connection_to(client, server, addr)
 }
@@ -931,11 +957,9 @@ fn one_way_connection_to(
     client: &Netns,
     server: &Netns,
     addr: SocketAddr,
-) -> (std::thread::JoinHandle<ClientReport>, TcpStream, ServerApp) {
-    let listener = listen(server, addr);
+) -> (JoinHandle<ClientReport>, TcpStream, ServerApp) {
     let plan = ClientPlan::sending(addr, 0);
-    let client_thread = client.spawn(move || run_client(plan)).expect("client");
-    let s = accept(&listener);
+    let (_listener, client_thread, s) = connect_client(client, server, plan);
     (client_thread, s, ServerApp::new(2 << 20, 0))
 }
 
@@ -949,7 +973,7 @@ fn a_timestamp_clock_running_backwards_is_refused_or_corrected_and_paws_matters(
     // 1. The snapshot was observed "after" the restore's now: refused, then corrected.
     let (client_thread, mut s, mut app) = one_way_connection(&client, &server, 7104);
     app.run_until(&mut s, true, true, |a| a.sent >= 512 << 10);
-    let lock = NetworkLock::new(&server, 7104);
+    let lock = network_lock(&server, 7104);
     let frozen = FrozenConnection::freeze(s).expect("freeze");
     let mut snapshot = frozen.dump().expect("dump");
     frozen.close().expect("close");
@@ -964,30 +988,25 @@ fn a_timestamp_clock_running_backwards_is_refused_or_corrected_and_paws_matters(
     let corrected = RestoreOptions::at(now).with_clock(ClockPolicy::Correct {
         margin: Duration::from_secs(1),
     });
-    let mut s = restore_in(&server, &snapshot, corrected)
-        .expect("corrected restore")
-        .into_stream();
-    drop(lock);
-    s.set_nonblocking(true).expect("nonblocking");
-    app.run_until(&mut s, true, true, ServerApp::finished);
-    let report = client_thread.join().expect("client");
-    assert_client(&report, &app, 0);
+    let mut s = restore_then_unlock(&server, &snapshot, corrected, lock);
+    finish_and_check(&mut app, &mut s, client_thread, 0);
 
     // 2. PAWS is real: a clock that does run backwards makes the client drop the data.
     let (_client_thread, mut s, mut app) = one_way_connection(&client, &server, 7105);
     app.run_until(&mut s, true, true, |a| a.sent >= 512 << 10);
-    let lock = NetworkLock::new(&server, 7105);
+    let lock = network_lock(&server, 7105);
     let frozen = FrozenConnection::freeze(s).expect("freeze");
     let mut snapshot = frozen.dump().expect("dump");
     frozen.close().expect("close");
     let paws_before = tcp_ext_counter(&client, "PAWSEstab");
     let clock = snapshot.clock.as_mut().expect("timestamps on");
     clock.server_tsval = clock.server_tsval.wrapping_sub(1_000_000);
-    let mut s = restore_in(&server, &snapshot, RestoreOptions::at(monotonic_now()))
-        .expect("restore")
-        .into_stream();
-    drop(lock);
-    s.set_nonblocking(true).expect("nonblocking");
+    let mut s = restore_then_unlock(
+        &server,
+        &snapshot,
+        RestoreOptions::at(monotonic_now()),
+        lock,
+    );
     let deadline = Instant::now() + DEADLINE;
     while tcp_ext_counter(&client, "PAWSEstab") == paws_before {
         assert!(
@@ -1022,7 +1041,7 @@ fn bytes_sent_but_never_received_are_retransmitted_after_restore() {
         assert!(Instant::now() < deadline, "send queue never drained");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let lock = NetworkLock::new(&server, 7106);
+    let lock = network_lock(&server, 7106);
     let mut snapshot = frozen.dump().expect("dump");
     frozen.close().expect("close");
     // The server "sent" 100 000 more bytes the client never got, and has 50 000 unsent.
@@ -1032,14 +1051,13 @@ fn bytes_sent_but_never_received_are_retransmitted_after_restore() {
     snapshot.send.bytes = bytes;
     snapshot.send.unsent = 50_000;
     app.sent += extra as u64;
-    let mut s = restore_in(&server, &snapshot, RestoreOptions::at(monotonic_now()))
-        .expect("restore")
-        .into_stream();
-    drop(lock);
-    s.set_nonblocking(true).expect("nonblocking");
-    app.run_until(&mut s, true, true, ServerApp::finished);
-    let report = client_thread.join().expect("client");
-    assert_client(&report, &app, 0);
+    let mut s = restore_then_unlock(
+        &server,
+        &snapshot,
+        RestoreOptions::at(monotonic_now()),
+        lock,
+    );
+    finish_and_check(&mut app, &mut s, client_thread, 0);
 }
 
 #[test]
@@ -1074,9 +1092,7 @@ fn unrestorable_snapshots_are_refused_before_any_side_effect() {
     );
     // Thawed, the original socket carries on: the refusals left nothing behind.
     let mut s = frozen.thaw().expect("thaw");
-    app.run_until(&mut s, true, true, ServerApp::finished);
-    let report = client_thread.join().expect("client");
-    assert_client(&report, &app, 0);
+    finish_and_check(&mut app, &mut s, client_thread, 0);
 }
 
 /// On this kernel a restore needs the service address to be local. Without free bind the
@@ -1119,45 +1135,7 @@ fn restoring_before_the_address_is_claimed_tells_to_claim_it() {
         }
         // Nothing reached the client: thawed, the original connection finishes intact.
         let mut s = frozen.thaw().expect("thaw");
-        app.run_until(&mut s, true, true, ServerApp::finished);
-        let report = client_thread.join().expect("client");
-        assert_client(&report, &app, 0);
-    }
-}
-
-/// Drops what the server sends from `port` while it lives (a lossy path towards the client).
-struct OutputDrop {
-    ns: Netns,
-    port: String,
-}
-
-impl OutputDrop {
-    fn new(ns: &Netns, port: u16) -> OutputDrop {
-        let drop = OutputDrop {
-            ns: ns.clone(),
-            port: port.to_string(),
-        };
-        ns.exec(
-            "iptables",
-            &[
-                "-w", "-I", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &drop.port, "-j",
-                "DROP",
-            ],
-        )
-        .expect("drop output");
-        drop
-    }
-}
-
-impl Drop for OutputDrop {
-    fn drop(&mut self) {
-        let _ = self.ns.exec(
-            "iptables",
-            &[
-                "-w", "-D", "OUTPUT", "-o", "eth0", "-p", "tcp", "--sport", &self.port, "-j",
-                "DROP",
-            ],
-        );
+        finish_and_check(&mut app, &mut s, client_thread, 0);
     }
 }
 
@@ -1169,18 +1147,16 @@ fn both_sides_closing_simultaneously_is_restored() {
     let (_lab, client, server) = lab("rr-closing", &[]);
     let port = 7108;
     let addr = service_addr(false, port);
-    let listener = listen(&server, addr);
     // Small enough to go out with the FIN in the client's initial window, unacknowledged.
     let client_bytes = 5_000;
     let plan = ClientPlan {
         write_delay: Duration::from_secs(1),
         ..ClientPlan::sending(addr, client_bytes)
     };
-    let client_thread = client.spawn(move || run_client(plan)).expect("client");
-    let mut s = accept(&listener);
+    let (_listener, client_thread, mut s) = connect_client(&client, &server, plan);
     // Nothing the server sends reaches the client: its FIN goes first but stays unacknowledged,
     // and the client's FIN arrives after it (RFC 9293 §3.6, simultaneous close: CLOSING).
-    let lossy = OutputDrop::new(&server, port);
+    let lossy = output_drop(&server, port);
     let mut app = ServerApp::new(30_000, 0);
     app.run_until(&mut s, false, true, |a| a.shut_write);
     let snapshot = wait_for_dump(&mut app, &mut s, false, false, |d| {
@@ -1190,9 +1166,7 @@ fn both_sides_closing_simultaneously_is_restored() {
     let (snapshot, mut s) = move_socket(&server, s);
     assert_eq!(snapshot.state, TcpState::Closing);
     drop(lossy);
-    app.run_until(&mut s, true, true, ServerApp::finished);
-    let report = client_thread.join().expect("client thread");
-    assert_client(&report, &app, client_bytes);
+    finish_and_check(&mut app, &mut s, client_thread, client_bytes);
 }
 
 /// Set in the child process of [`missing_cap_net_admin_is_reported_as_such`].

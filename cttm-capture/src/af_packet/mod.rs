@@ -70,9 +70,27 @@ pub struct RingConfig {
     /// The nominal frame size the kernel sizes its bookkeeping with (V3 packs frames of any
     /// length into blocks). Default 2048.
     pub frame_size: u32,
-    /// How long the kernel keeps a partly filled block before handing it over: the latency
-    /// bound of the ring. Default 10 ms.
+    /// How long the kernel keeps a partly filled block before handing it over
+    /// (`tp_retire_blk_tov`, whole milliseconds, at least 1, rounded up to jiffies by the
+    /// kernel's retire timer): the latency bound of the ring while traffic is too light to
+    /// fill blocks. Default 10 ms; see [`RingConfig::low_latency`].
     pub block_timeout: Duration,
+}
+
+impl RingConfig {
+    /// A ring for consumers that must see each frame within about a millisecond (async
+    /// replication, whose loss window this delay is part of): blocks retire after 1 ms, and
+    /// are 256 KiB (still four 64 KiB GSO super-segments) so that the many part-filled
+    /// blocks a short timeout retires waste little; 256 of them keep the default's 64 MiB
+    /// of burst room.
+    pub fn low_latency() -> Self {
+        RingConfig {
+            block_size: 256 << 10,
+            block_count: 256,
+            block_timeout: Duration::from_millis(1),
+            ..RingConfig::default()
+        }
+    }
 }
 
 impl Default for RingConfig {
@@ -107,6 +125,13 @@ pub struct AfPacketConfig {
     /// which `net.core.rmem_max` caps): frames arriving while it is full are kernel drops.
     /// Default 16 MiB.
     pub recv_socket_buffer: usize,
+    /// Receive mode: ask the kernel for each frame's arrival time (`SO_TIMESTAMPNS`).
+    /// Default true. Asking turns on receive timestamps for every packet of the host for as
+    /// long as the socket lives (the switch is global: `net_enable_timestamp`,
+    /// net/core/dev.c), which other programs notice (NFQUEUE messages, for one, then carry
+    /// `NFQA_TIMESTAMP`). When false, a frame's time is the wall clock when it is received,
+    /// microseconds later.
+    pub recv_kernel_timestamps: bool,
 }
 
 impl AfPacketConfig {
@@ -121,6 +146,7 @@ impl AfPacketConfig {
             recv_batch: 256,
             recv_buffer: 256 << 10,
             recv_socket_buffer: 16 << 20,
+            recv_kernel_timestamps: true,
         }
     }
 }
@@ -185,7 +211,9 @@ impl AfPacketSource {
         let backend = match backend {
             Some(b) => b,
             None => {
-                socket.enable_timestamps()?;
+                if config.recv_kernel_timestamps {
+                    socket.enable_timestamps()?;
+                }
                 socket.set_receive_buffer(config.recv_socket_buffer)?;
                 Backend::Recv(Receiver::new(config.recv_buffer))
             }
@@ -342,6 +370,23 @@ mod tests {
     }
 
     #[test]
+    fn low_latency_ring_is_a_valid_geometry_with_the_default_burst_room() {
+        let fast = RingConfig::low_latency();
+        let default = RingConfig::default();
+        assert_eq!(fast.block_timeout, Duration::from_millis(1));
+        assert!(fast.block_size.is_power_of_two() && fast.block_size.is_multiple_of(4096));
+        assert!(
+            fast.block_size > 64 << 10,
+            "a GSO super-segment must fit a block"
+        );
+        assert!(fast.block_size.is_multiple_of(fast.frame_size));
+        assert_eq!(
+            u64::from(fast.block_size) * u64::from(fast.block_count),
+            u64::from(default.block_size) * u64::from(default.block_count)
+        );
+    }
+
+    #[test]
     fn empty_service_set_is_refused_before_any_socket() {
         let err = AfPacketSource::open(AfPacketConfig::new("lo", ServiceSet::default()))
             .expect_err("no services");
@@ -370,6 +415,19 @@ mod tests {
             good.ring.block_count = 2;
             assert_eq!(
                 AfPacketSource::open(good).expect("open on lo").mode(),
+                CaptureMode::Ring
+            );
+            let mut no_stamps = AfPacketConfig::new("lo", services());
+            no_stamps.mode = CaptureMode::Recv;
+            no_stamps.recv_kernel_timestamps = false;
+            assert_eq!(
+                AfPacketSource::open(no_stamps).expect("open on lo").mode(),
+                CaptureMode::Recv
+            );
+            let mut fast = AfPacketConfig::new("lo", services());
+            fast.ring = RingConfig::low_latency();
+            assert_eq!(
+                AfPacketSource::open(fast).expect("open on lo").mode(),
                 CaptureMode::Ring
             );
         })

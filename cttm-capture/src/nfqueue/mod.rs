@@ -274,7 +274,11 @@ impl NfqueueSource {
         loop {
             match self.queue.recv() {
                 Ok(message) => {
-                    let at = instant_of(message.get_timestamp().unwrap_or_else(SystemTime::now));
+                    // Stamped at reception, never with `Message::get_timestamp()`: nfq 0.2.5
+                    // reads that attribute through a misaligned pointer (undefined behaviour;
+                    // debug builds abort) whenever something on the host turned on receive
+                    // timestamps. Queueing delay is microseconds, so reception time serves.
+                    let at = instant_of(SystemTime::now());
                     let id = message.get_packet_id();
                     visit(HeldFrame {
                         id: PacketId(id),

@@ -29,10 +29,14 @@
 //! Needs root (namespaces, NFQUEUE, TCP_REPAIR); without it, it says so and exits 0.
 //! `cargo bench -p cttmd --bench blackout [-- 10 100]` runs only the given sizes.
 
-use cttm_tests::failover_lab::{FailoverLab, REPLICATION_KEY, ServiceFamily, wait_until};
-use cttmd::backup::{BackupExit, run_backup};
-use cttmd::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions};
-use cttmd::primary::{PrimaryMonitor, run_primary_monitored};
+/// The agents in the lab, shared with the failover tests of `cttm-tests` (which cannot be a
+/// library of cttmd's: cttmd depends on `cttm-tests`).
+#[path = "../../../tests/tests/failover_agents/mod.rs"]
+mod failover_agents;
+
+use cttm_tests::failover_lab::{FailoverLab, ServiceFamily};
+use cttmd::backup::BackupExit;
+use failover_agents::HEARTBEAT;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
@@ -41,10 +45,6 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const SIZES: [usize; 3] = [10, 100, 1000];
 const CLIENT_THREADS: usize = 8;
-const HEARTBEAT: HeartbeatOptions = HeartbeatOptions {
-    interval: Duration::from_millis(50),
-    misses: 8,
-};
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The backup's log lines that mark the phases, and when each was emitted.
@@ -206,58 +206,20 @@ fn client_thread(
 
 fn round(connections: usize, queue: u16) -> Result<Round, String> {
     let tag = format!("bo{connections}");
-    let mut lab = FailoverLab::new(&tag, ServiceFamily::V4).map_err(|e| e.to_string())?;
-    let backup_options = BackupOptions {
-        services: vec![lab.service()],
-        service_prefix_len: lab.service_prefix_len(),
-        interface: "eth0".into(),
-        listen: lab.replication(),
-        key: REPLICATION_KEY,
-        standby: lab.standby(),
-        heartbeat: HEARTBEAT,
-        announce_count: 3,
-    };
-    let backup = lab
-        .spawn_agent(&lab.backup, move |stop| run_backup(backup_options, stop))
-        .map_err(|e| e.to_string())?;
-    let primary_options = PrimaryOptions {
-        services: vec![lab.service()],
-        interface: "eth0".into(),
-        backup: lab.replication(),
-        key: REPLICATION_KEY,
-        mode: CommitMode::Sync,
-        heartbeat: HEARTBEAT,
-        retention_limit: 64 << 20,
-        queue,
-    };
-    let monitor = PrimaryMonitor::new();
-    let primary = {
-        let monitor = monitor.clone();
-        lab.spawn_agent(&lab.primary, move |stop| {
-            run_primary_monitored(primary_options, stop, monitor)
-        })
-        .map_err(|e| e.to_string())?
-    };
-    if !wait_until(Duration::from_secs(20), || {
-        monitor.status().is_some_and(|s| s.link_up) || primary.is_finished()
-    }) || primary.is_finished()
-    {
-        return Err(format!(
-            "the primary agent did not start: {:?}",
-            primary.stop()
-        ));
-    }
+    let lab = FailoverLab::new(&tag, ServiceFamily::V4).map_err(|e| e.to_string())?;
+    let mut rig = failover_agents::start(lab, queue).map_err(|e| e.to_string())?;
 
     let threads = CLIENT_THREADS.min(connections);
     let ready = Arc::new(Barrier::new(threads + 1));
     let crashed = Arc::new(Barrier::new(threads + 1));
     let crash_time = Arc::new(Mutex::new(None));
-    let service = lab.service();
+    let service = rig.lab.service();
     let clients: Vec<_> = (0..threads)
         .map(|t| {
             let count = connections / threads + usize::from(t < connections % threads);
             let (ready, crashed, crash_time) = (ready.clone(), crashed.clone(), crash_time.clone());
-            lab.client
+            rig.lab
+                .client
                 .spawn(move || client_thread(service, count, ready, crashed, crash_time))
                 .map_err(|e| e.to_string())
         })
@@ -266,12 +228,15 @@ fn round(connections: usize, queue: u16) -> Result<Round, String> {
     // Idle: every answer was received, so (sync mode) the backup holds everything.
     std::thread::sleep(Duration::from_millis(300));
     MARKS.lock().unwrap_or_else(PoisonError::into_inner).clear();
-    lab.lab().cut(&lab.primary).map_err(|e| e.to_string())?;
+    rig.lab
+        .lab()
+        .cut(&rig.lab.primary)
+        .map_err(|e| e.to_string())?;
     let crashed_at = Instant::now();
     *crash_time.lock().unwrap_or_else(PoisonError::into_inner) = Some(crashed_at);
     crashed.wait();
     // The rest of the crash: the agent stops, the daemon's sockets close into the void.
-    let _ = lab.crash(primary);
+    let _ = failover_agents::crash(&mut rig);
     let mut baseline = Vec::new();
     let mut blackouts = Vec::new();
     let mut failed = 0;
@@ -283,10 +248,7 @@ fn round(connections: usize, queue: u16) -> Result<Round, String> {
         blackouts.extend(f);
         failed += n;
     }
-    let exit = backup
-        .stop()
-        .ok_or("the backup agent panicked")?
-        .map_err(|e| e.to_string())?;
+    let exit = failover_agents::finish(rig)?;
     baseline.sort();
     blackouts.sort();
     let marks = MARKS.lock().unwrap_or_else(PoisonError::into_inner).clone();

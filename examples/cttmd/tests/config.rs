@@ -61,6 +61,11 @@ fn backup_err(a: &[&str]) -> String {
     backup_options(&args(a)).expect_err("must fail").to_string()
 }
 
+/// The error message `e` contains every one of `parts`.
+fn assert_says(e: &str, parts: &[&str]) {
+    assert!(parts.iter().all(|part| e.contains(part)), "{e}");
+}
+
 #[test]
 fn primary_from_flags_only_gets_documented_defaults() {
     let o = primary_options(&args(&[
@@ -232,24 +237,29 @@ fn the_example_config_files_are_valid() {
 
 #[test]
 fn flag_errors_name_the_flag() {
-    let e = primary_err(&["--frob", "1"]);
-    assert!(
-        e.contains("unknown argument \"--frob\" for `cttmd primary`"),
-        "{e}"
+    let primary_cases: [(&[&str], &str); 5] = [
+        (
+            &["--frob", "1"],
+            "unknown argument \"--frob\" for `cttmd primary`",
+        ),
+        (&["positional"], "unknown argument \"positional\""),
+        (&["--backup"], "flag --backup needs a value"),
+        (
+            &["--mode", "sync", "--mode", "async"],
+            "flag --mode given twice",
+        ),
+        (
+            &["--config", "a", "--config", "b"],
+            "flag --config given twice",
+        ),
+    ];
+    for (arguments, expected) in primary_cases {
+        assert_says(&primary_err(arguments), &[expected]);
+    }
+    assert_says(
+        &backup_err(&["--queue", "1"]),
+        &["unknown argument \"--queue\" for `cttmd backup`"],
     );
-    let e = backup_err(&["--queue", "1"]);
-    assert!(
-        e.contains("unknown argument \"--queue\" for `cttmd backup`"),
-        "{e}"
-    );
-    let e = primary_err(&["positional"]);
-    assert!(e.contains("unknown argument \"positional\""), "{e}");
-    let e = primary_err(&["--backup"]);
-    assert!(e.contains("flag --backup needs a value"), "{e}");
-    let e = primary_err(&["--mode", "sync", "--mode", "async"]);
-    assert!(e.contains("flag --mode given twice"), "{e}");
-    let e = primary_err(&["--config", "a", "--config", "b"]);
-    assert!(e.contains("flag --config given twice"), "{e}");
 }
 
 #[test]
@@ -274,24 +284,43 @@ fn value_errors_name_the_key_the_origin_and_the_fix() {
         }
         primary_err(&a)
     };
-    let e = with(&["--backup", "x"]);
-    assert!(
-        e.contains("key `backup` (flag --backup): expected ADDR:PORT like 198.18.0.3:7700"),
-        "{e}"
-    );
-    assert!(e.contains("got \"x\""), "{e}");
-    let e = with(&["--backup", "198.18.0.3:0"]);
-    assert!(e.contains("key `backup`") && e.contains("port 0"), "{e}");
-    let e = with(&["--backup", "0.0.0.0:7700"]);
-    assert!(
-        e.contains("key `backup`") && e.contains("not an address one can connect to"),
-        "{e}"
-    );
-    let e = with(&["--service", "nope"]);
-    assert!(
-        e.contains("key `service`") && e.contains("198.18.0.10:7000"),
-        "{e}"
-    );
+    let key_zz = "zz".repeat(32);
+    let primary_cases: [(&[&str], &[&str]); 13] = [
+        (
+            &["--backup", "x"],
+            &[
+                "key `backup` (flag --backup): expected ADDR:PORT like 198.18.0.3:7700",
+                "got \"x\"",
+            ],
+        ),
+        (&["--backup", "198.18.0.3:0"], &["key `backup`", "port 0"]),
+        (
+            &["--backup", "0.0.0.0:7700"],
+            &["key `backup`", "not an address one can connect to"],
+        ),
+        (
+            &["--service", "nope"],
+            &["key `service`", "198.18.0.10:7000"],
+        ),
+        (&["--key", "abcd"], &["key `key`", "64 hex digits", "got 4"]),
+        (&["--key", &key_zz], &["key `key`"]),
+        (
+            &["--mode", "fast"],
+            &["key `mode`", "\"sync\" or \"async\", got \"fast\""],
+        ),
+        (
+            &["--heartbeat-interval-ms", "0"],
+            &["key `heartbeat_interval_ms`", "from 1 to 60000"],
+        ),
+        (&["--heartbeat-misses", "-1"], &["key `heartbeat_misses`"]),
+        (&["--retention-limit", "lots"], &["key `retention_limit`"]),
+        (&["--queue", "65536"], &["key `queue`", "from 0 to 65535"]),
+        (&["--interface", "a/b"], &["key `interface`", "like eth0"]),
+        (&["--interface", "sixteen-chars-xx"], &["key `interface`"]),
+    ];
+    for (extra, expected) in primary_cases {
+        assert_says(&with(extra), expected);
+    }
     let e = primary_err(&[
         "--service",
         "198.18.0.10:7000",
@@ -302,86 +331,22 @@ fn value_errors_name_the_key_the_origin_and_the_fix() {
         "--key",
         KEY,
     ]);
-    assert!(
-        e.contains("key `service`") && e.contains("listed twice"),
-        "{e}"
-    );
-    let e = with(&["--key", "abcd"]);
-    assert!(
-        e.contains("key `key`") && e.contains("64 hex digits") && e.contains("got 4"),
-        "{e}"
-    );
-    let e = with(&["--key", &"zz".repeat(32)]);
-    assert!(e.contains("key `key`"), "{e}");
-    let e = with(&["--mode", "fast"]);
-    assert!(
-        e.contains("key `mode`") && e.contains("\"sync\" or \"async\", got \"fast\""),
-        "{e}"
-    );
-    let e = with(&["--heartbeat-interval-ms", "0"]);
-    assert!(
-        e.contains("key `heartbeat_interval_ms`") && e.contains("from 1 to 60000"),
-        "{e}"
-    );
-    let e = with(&["--heartbeat-misses", "-1"]);
-    assert!(e.contains("key `heartbeat_misses`"), "{e}");
-    let e = with(&["--retention-limit", "lots"]);
-    assert!(e.contains("key `retention_limit`"), "{e}");
-    let e = with(&["--queue", "65536"]);
-    assert!(
-        e.contains("key `queue`") && e.contains("from 0 to 65535"),
-        "{e}"
-    );
-    let e = with(&["--interface", "a/b"]);
-    assert!(
-        e.contains("key `interface`") && e.contains("like eth0"),
-        "{e}"
-    );
-    let e = with(&["--interface", "sixteen-chars-xx"]);
-    assert!(e.contains("key `interface`"), "{e}");
+    assert_says(&e, &["key `service`", "listed twice"]);
 
-    let e = backup_err(&[
-        "--service",
-        "198.18.0.10:7000",
-        "--key",
-        KEY,
-        "--prefix-len",
-        "33",
-    ]);
-    assert!(
-        e.contains("key `prefix_len`") && e.contains("from 1 to 32"),
-        "{e}"
-    );
-    let e = backup_err(&[
-        "--service",
-        "198.18.0.10:7000",
-        "--key",
-        KEY,
-        "--announce-count",
-        "101",
-    ]);
-    assert!(e.contains("key `announce_count`"), "{e}");
-    let e = backup_err(&[
-        "--service",
-        "198.18.0.10:7000",
-        "--key",
-        KEY,
-        "--standby",
-        "127.0.0.1",
-    ]);
-    assert!(
-        e.contains("key `standby`") && e.contains("ADDR:PORT"),
-        "{e}"
-    );
-    let e = backup_err(&[
-        "--service",
-        "198.18.0.10:7000",
-        "--key",
-        KEY,
-        "--listen",
-        "[::]",
-    ]);
-    assert!(e.contains("key `listen`"), "{e}");
+    let backup_cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--prefix-len", "33"],
+            &["key `prefix_len`", "from 1 to 32"],
+        ),
+        (&["--announce-count", "101"], &["key `announce_count`"]),
+        (&["--standby", "127.0.0.1"], &["key `standby`", "ADDR:PORT"]),
+        (&["--listen", "[::]"], &["key `listen`"]),
+    ];
+    for (extra, expected) in backup_cases {
+        let mut a = vec!["--service", "198.18.0.10:7000", "--key", KEY];
+        a.extend_from_slice(extra);
+        assert_says(&backup_err(&a), expected);
+    }
 }
 
 #[test]
@@ -423,32 +388,45 @@ fn file_errors_name_the_file_and_the_key() {
         "{e}"
     );
 
-    let f = dir.file("syntax.toml", b"service = [\n");
-    let e = primary_err(&["--config", &f]);
-    assert!(
-        e.contains("config file") && e.contains("syntax.toml"),
-        "{e}"
-    );
-
-    let f = dir.file("unknown.toml", b"servce = \"198.18.0.10:7000\"\n");
-    let e = primary_err(&["--config", &f]);
-    assert!(e.contains("unknown field `servce`"), "{e}");
-
-    // a primary-only key in the backup's file
-    let f = dir.file("wrong-role.toml", b"queue = 3\n");
-    let e = backup_err(&["--config", &f]);
-    assert!(e.contains("unknown field `queue`"), "{e}");
-
-    let f = dir.file("type.toml", b"heartbeat_misses = \"three\"\n");
-    let e = primary_err(&["--config", &f]);
-    assert!(
-        e.contains("heartbeat_misses") && e.contains("invalid type"),
-        "{e}"
-    );
-
-    let f = dir.file("services-type.toml", b"service = 7000\n");
-    let e = primary_err(&["--config", &f]);
-    assert!(e.contains("service") && e.contains("ADDR:PORT"), "{e}");
+    // (file, contents, the role reading it, what the error says)
+    type Role = fn(&[&str]) -> String;
+    let cases: [(&str, &[u8], Role, &[&str]); 5] = [
+        (
+            "syntax.toml",
+            b"service = [\n",
+            primary_err,
+            &["config file", "syntax.toml"],
+        ),
+        (
+            "unknown.toml",
+            b"servce = \"198.18.0.10:7000\"\n",
+            primary_err,
+            &["unknown field `servce`"],
+        ),
+        // a primary-only key in the backup's file
+        (
+            "wrong-role.toml",
+            b"queue = 3\n",
+            backup_err,
+            &["unknown field `queue`"],
+        ),
+        (
+            "type.toml",
+            b"heartbeat_misses = \"three\"\n",
+            primary_err,
+            &["heartbeat_misses", "invalid type"],
+        ),
+        (
+            "services-type.toml",
+            b"service = 7000\n",
+            primary_err,
+            &["service", "ADDR:PORT"],
+        ),
+    ];
+    for (name, contents, role, expected) in cases {
+        let f = dir.file(name, contents);
+        assert_says(&role(&["--config", &f]), expected);
+    }
 
     let f = dir.file(
         "bad-value.toml",
