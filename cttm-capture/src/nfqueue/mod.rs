@@ -162,6 +162,10 @@ pub struct NfqueueSource {
     /// The network namespace the queue lives in (its drop counters are per namespace).
     namespace: Option<std::fs::File>,
     last_drop_refresh: Option<std::time::Instant>,
+    /// The queue's netlink socket, found when the queue was opened, so an idle read can
+    /// `poll(2)` it instead of sleeping (the `nfq` crate does not expose it); `None` falls
+    /// back to short sleeps.
+    socket: Option<std::os::fd::RawFd>,
 }
 
 impl std::fmt::Debug for NfqueueSource {
@@ -175,6 +179,67 @@ impl std::fmt::Debug for NfqueueSource {
     }
 }
 
+/// Descriptors of this process's netlink netfilter sockets (from `/proc/self/fd`).
+fn netlink_sockets() -> Vec<std::os::fd::RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<std::os::fd::RawFd>().ok())
+        .filter(|&fd| is_netfilter_socket(fd))
+        .collect()
+}
+
+/// True when `fd` is an `AF_NETLINK` socket of protocol `NETLINK_NETFILTER` (the kernel's
+/// `SO_DOMAIN` / `SO_PROTOCOL`).
+fn is_netfilter_socket(fd: std::os::fd::RawFd) -> bool {
+    let option = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for writes of a c_int and its length; on a
+        // descriptor that is not a socket (or closed meanwhile) the call only fails.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        (r == 0).then_some(value)
+    };
+    option(libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+        && option(libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER)
+}
+
+/// The netfilter socket that appeared since `before`, if exactly one did (another thread
+/// opening one at the same moment makes it ambiguous: then the source polls by sleeping).
+fn the_new_netfilter_socket(before: &[std::os::fd::RawFd]) -> Option<std::os::fd::RawFd> {
+    let mut new = netlink_sockets()
+        .into_iter()
+        .filter(|fd| !before.contains(fd));
+    let fd = new.next()?;
+    new.next().is_none().then_some(fd)
+}
+
+/// Waits until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut entry = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Round up so a sub-millisecond wait still waits instead of spinning.
+    let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `entry` is one valid pollfd for the duration of the call; `fd` belongs to the
+    // queue this source owns, which outlives the call.
+    unsafe {
+        libc::poll(&raw mut entry, 1, millis);
+    }
+}
+
 fn configure(what: &'static str) -> impl FnOnce(io::Error) -> NfqueueError {
     move |source| NfqueueError::Configure { what, source }
 }
@@ -185,7 +250,9 @@ impl NfqueueSource {
         if config.services.endpoints().is_empty() {
             return Err(NfqueueError::NoServices);
         }
+        let before = netlink_sockets();
         let mut queue = Queue::open().map_err(NfqueueError::Open)?;
+        let socket = the_new_netfilter_socket(&before);
         queue
             .bind(config.queue)
             .map_err(|source| NfqueueError::Bind {
@@ -223,6 +290,7 @@ impl NfqueueSource {
             stats: CaptureStats::default(),
             namespace: std::fs::File::open(THREAD_NETNS).ok(),
             last_drop_refresh: None,
+            socket,
         })
     }
 
@@ -303,8 +371,13 @@ impl NfqueueSource {
                     if left.is_zero() {
                         break;
                     }
-                    std::thread::sleep(pause.min(left));
-                    pause = (pause * 2).min(Duration::from_millis(1));
+                    match self.socket {
+                        Some(fd) => wait_readable(fd, left),
+                        None => {
+                            std::thread::sleep(pause.min(left));
+                            pause = (pause * 2).min(Duration::from_millis(1));
+                        }
+                    }
                 }
                 Err(source) => {
                     return Err(CaptureError::Io {
