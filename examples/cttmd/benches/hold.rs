@@ -431,6 +431,19 @@ fn main() {
     if let Ok((_, _, a, _)) = &synchronous {
         row("ack sync", a, None);
     }
+    if let Ok((_, _, sync_acks, exit)) = &synchronous {
+        let hold = exit.hold_time;
+        let ack_p50 = micros(sync_acks.percentile(0.5));
+        println!(
+            "hold itself (a packet's time in the output-commit gate, {} packets): p50 {} us, p99 {} us, max {} us; p50 = {:.2} x the replication ack round trip p50 ({:.1} us, sync lab)",
+            hold.samples,
+            hold.p50_us,
+            hold.p99_us,
+            hold.max_us,
+            hold.p50_us as f64 / ack_p50,
+            ack_p50
+        );
+    }
     if let Ok((sync, sync_rtt, sync_acks, _)) = &synchronous {
         let added = sync.percentile(0.5).saturating_sub(base_p50);
         for (name, rtt) in [

@@ -58,6 +58,39 @@ pub struct PrimaryExit {
     /// Tracker events not queued for the backup because its queue was full (their
     /// connections became unprotected until resent whole).
     pub unprotected_messages: u64,
+    /// How long output commit held the packets it released because the backup acknowledged
+    /// them (sync mode): the cost of the hold itself, without the queue's own traversal.
+    pub hold_time: HoldTimes,
+}
+
+/// Distribution of the time packets spent held, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldTimes {
+    /// Packets measured.
+    pub samples: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Longest.
+    pub max_us: u64,
+}
+
+impl HoldTimes {
+    /// The distribution of `micros` (sorted in place).
+    pub fn from_samples(micros: &mut [u64]) -> HoldTimes {
+        if micros.is_empty() {
+            return HoldTimes::default();
+        }
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
+        HoldTimes {
+            samples: micros.len() as u64,
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            max_us: micros[micros.len() - 1],
+        }
+    }
 }
 
 impl Default for PrimaryExit {
@@ -72,6 +105,7 @@ impl Default for PrimaryExit {
             passed: 0,
             dropped_frames: 0,
             unprotected_messages: 0,
+            hold_time: HoldTimes::default(),
         }
     }
 }
@@ -112,4 +146,20 @@ pub fn run_primary_monitored(
         "primary agent stopped"
     );
     Ok(exit)
+}
+
+#[cfg(test)]
+mod hold_time_tests {
+    use super::HoldTimes;
+
+    #[test]
+    fn percentiles_of_hold_samples() {
+        let mut samples: Vec<u64> = (1..=100).rev().collect();
+        let h = HoldTimes::from_samples(&mut samples);
+        assert_eq!(
+            (h.samples, h.p50_us, h.p99_us, h.max_us),
+            (100, 51, 99, 100)
+        );
+        assert_eq!(HoldTimes::from_samples(&mut []), HoldTimes::default());
+    }
 }

@@ -1,7 +1,7 @@
 //! Sync mode: NFQUEUE on INPUT and OUTPUT, outgoing segments held by output commit.
 
 use super::agent::{Agent, service_set, start_replication};
-use super::{PrimaryError, PrimaryExit, PrimaryMonitor};
+use super::{HoldTimes, PrimaryError, PrimaryExit, PrimaryMonitor};
 use crate::options::PrimaryOptions;
 use cttm_capture::CaptureSource;
 use cttm_capture::nfqueue::{NfqueueConfig, NfqueueSource, PacketId, QueueDirections};
@@ -10,8 +10,9 @@ use cttm_core::event::{CloseHow, Side};
 use cttm_core::record::ConnectionRecord;
 use cttm_core::wire::parse_frame;
 use cttm_core::{SegmentRepr, ServiceSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a read waits for the first packet while nothing is held (the stop latency).
 const IDLE_READ_TIMEOUT: Duration = Duration::from_millis(20);
@@ -79,6 +80,9 @@ fn serve(
     stop: &AtomicBool,
 ) -> Result<(), PrimaryError> {
     let mut accept_now: Vec<PacketId> = Vec::new();
+    // When each held packet entered the gate, for the hold-time figures.
+    let mut held_at: HashMap<PacketId, Instant> = HashMap::new();
+    let mut hold_samples: Vec<u64> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let timeout = if gate.is_empty() {
             IDLE_READ_TIMEOUT
@@ -105,7 +109,10 @@ fn serve(
                         accept_now.extend(gate.release_connection(&id));
                         accept_now.push(held.id);
                     }
-                    Decision::Hold(id, requirement) => gate.hold(held.id, id, requirement),
+                    Decision::Hold(id, requirement) => {
+                        held_at.insert(held.id, Instant::now());
+                        gate.hold(held.id, id, requirement);
+                    }
                 }
             })
             .map_err(PrimaryError::Capture)?;
@@ -121,7 +128,22 @@ fn serve(
         for id in finished {
             accept_now.extend(gate.release_connection(&id));
         }
-        accept_now.extend(gate.release(|id| agent.backup_holds(id)));
+        let committed = gate.release(|id| agent.backup_holds(id));
+        let now = Instant::now();
+        for packet in &committed {
+            if let Some(since) = held_at.remove(packet)
+                && hold_samples.len() < MAX_HOLD_SAMPLES
+            {
+                hold_samples.push(now.duration_since(since).as_micros() as u64);
+            }
+        }
+        accept_now.extend(committed);
+        // Packets released unprotected are no longer waited for.
+        if held_at.len() > gate.len() {
+            let released: std::collections::HashSet<PacketId> =
+                accept_now.iter().copied().collect();
+            held_at.retain(|packet, _| !released.contains(packet));
+        }
         source
             .accept_batch(&accept_now)
             .map_err(PrimaryError::Verdict)?;
@@ -139,8 +161,12 @@ fn serve(
             agent.service.wait_acked(acked + 1, HOLDING_ACK_WAIT);
         }
     }
+    agent.stats.hold_time = HoldTimes::from_samples(&mut hold_samples);
     Ok(())
 }
+
+/// The most hold-time samples kept (8 bytes each).
+const MAX_HOLD_SAMPLES: usize = 1 << 20;
 
 /// The commit requirement of a just-tracked packet, or `Accept` when nothing needs to wait
 /// for it.
