@@ -32,11 +32,10 @@
 #[allow(dead_code)]
 mod failover_agents;
 
-use cttm_tests::failover_lab::{AgentPair, FailoverLab, KvClient, REPLICATION_KEY, ServiceFamily};
-use cttmd::backup::run_backup;
-use cttmd::options::{BackupOptions, CommitMode, PrimaryOptions};
-use cttmd::primary::{PrimaryExit, PrimaryMonitor, run_primary_monitored};
-use failover_agents::{HEARTBEAT, Rig};
+use cttm_tests::failover_lab::{FailoverLab, KvClient, REPLICATION_KEY, ServiceFamily};
+use cttmd::options::CommitMode;
+use cttmd::primary::PrimaryExit;
+use failover_agents::Rig;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -53,8 +52,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_PORT: u16 = 7801;
 /// The ping-pong's message size.
 const PING_SIZE: usize = 64;
-/// The longest the agents may take to bring the replication link up.
-const LINK_UP_LIMIT: Duration = Duration::from_secs(20);
 
 /// The sorted round-trip times of one mode.
 struct Samples(Vec<Duration>);
@@ -295,39 +292,9 @@ fn replication_ack_round_trips(lab: &FailoverLab) -> Result<Samples, String> {
     Ok(Samples::new(times?))
 }
 
-/// Both agents in async mode, the replication link up (as [`failover_agents::start`] does
-/// for sync mode, with the same settings).
+/// Both agents in async mode, the replication link up, with the sync tests' settings.
 fn start_async(lab: FailoverLab) -> Result<Rig, String> {
-    let backup_options = BackupOptions {
-        services: vec![lab.service()],
-        service_prefix_len: lab.service_prefix_len(),
-        interface: "eth0".into(),
-        listen: lab.replication(),
-        key: REPLICATION_KEY,
-        standby: lab.standby(),
-        heartbeat: HEARTBEAT,
-        announce_count: 3,
-    };
-    let primary_options = PrimaryOptions {
-        services: vec![lab.service()],
-        interface: "eth0".into(),
-        backup: lab.replication(),
-        key: REPLICATION_KEY,
-        mode: CommitMode::Async,
-        heartbeat: HEARTBEAT,
-        retention_limit: 64 << 20,
-        queue: 0,
-    };
-    let monitor = PrimaryMonitor::new();
-    let primary_monitor = monitor.clone();
-    AgentPair::start(
-        lab,
-        move |stop| run_backup(backup_options, stop),
-        move |stop| run_primary_monitored(primary_options, stop, primary_monitor),
-        LINK_UP_LIMIT,
-        || monitor.status().is_some_and(|s| s.link_up),
-    )
-    .map_err(|e| e.to_string())
+    failover_agents::start_in_mode(lab, CommitMode::Async, 0).map_err(|e| e.to_string())
 }
 
 /// The agents' round trips, then both agents stopped (the primary by the lab's crash, the

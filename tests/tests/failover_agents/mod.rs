@@ -27,6 +27,15 @@ pub(crate) type Rig = AgentPair<Result<PrimaryExit, PrimaryError>, Result<Backup
 /// and returns once the replication link is up. The takeover happens on the service
 /// network (`eth0`), whichever network replication runs on.
 pub(crate) fn start(lab: FailoverLab, queue: u16) -> Result<Rig, LabError> {
+    start_in_mode(lab, CommitMode::Sync, queue)
+}
+
+/// [`start`] in either output-commit mode (`queue` only matters in sync mode).
+pub(crate) fn start_in_mode(
+    lab: FailoverLab,
+    mode: CommitMode,
+    queue: u16,
+) -> Result<Rig, LabError> {
     let backup_options = BackupOptions {
         services: vec![lab.service()],
         service_prefix_len: lab.service_prefix_len(),
@@ -42,7 +51,7 @@ pub(crate) fn start(lab: FailoverLab, queue: u16) -> Result<Rig, LabError> {
         interface: "eth0".into(),
         backup: lab.replication(),
         key: REPLICATION_KEY,
-        mode: CommitMode::Sync,
+        mode,
         heartbeat: HEARTBEAT,
         retention_limit: 64 << 20,
         queue,
