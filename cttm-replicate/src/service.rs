@@ -49,6 +49,12 @@ impl ErrorLog {
         }
         self.errors.push_back(e);
     }
+
+    /// The errors kept, oldest first, and how many older ones were discarded; empties the log.
+    fn take(&mut self) -> (Vec<TransportError>, u64) {
+        let dropped = std::mem::take(&mut self.dropped);
+        (self.errors.drain(..).collect(), dropped)
+    }
 }
 
 struct PrimaryShared {
@@ -226,9 +232,7 @@ impl PrimaryService {
     /// Link errors since the last call (authentication failures, resets, refused
     /// handshakes), oldest first, and how many older ones were discarded.
     pub fn take_errors(&self) -> (Vec<TransportError>, u64) {
-        let mut log = self.shared.errors.lock();
-        let dropped = std::mem::take(&mut log.dropped);
-        (log.errors.drain(..).collect(), dropped)
+        self.shared.errors.lock().take()
     }
 
     /// Protocol reports since the last call.
@@ -444,9 +448,7 @@ impl BackupService {
     /// Link errors since the last call (authentication failures included), and how many
     /// older ones were discarded.
     pub fn take_errors(&self) -> (Vec<TransportError>, u64) {
-        let mut log = self.shared.errors.lock();
-        let dropped = std::mem::take(&mut log.dropped);
-        (log.errors.drain(..).collect(), dropped)
+        self.shared.errors.lock().take()
     }
 
     /// Protocol reports since the last call.

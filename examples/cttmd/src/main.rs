@@ -136,54 +136,43 @@ fn main() -> ExitCode {
     init_logging();
     match mode {
         Mode::Help(_) => ExitCode::SUCCESS,
-        Mode::Primary(rest) => {
-            let options = match primary_options(&rest) {
-                Ok(o) => o,
-                Err(e) => return config_error(&e),
-            };
-            let stop = match stop_on_signals(true) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("cttmd: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match cttmd::primary::run_primary(options, stop) {
-                Ok(exit) => {
-                    tracing::info!(?exit, "primary agent stopped");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("primary agent failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Mode::Backup(rest) => {
-            let options = match backup_options(&rest) {
-                Ok(o) => o,
-                Err(e) => return config_error(&e),
-            };
-            let stop = match stop_on_signals(true) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("cttmd: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match cttmd::backup::run_backup(options, stop) {
-                Ok(exit) => {
-                    tracing::info!(?exit, "backup agent stopped");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("backup agent failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Mode::Primary(rest) => run_agent("primary", primary_options(&rest), |options, stop| {
+            cttmd::primary::run_primary(options, stop).map(|exit| format!("{exit:?}"))
+        }),
+        Mode::Backup(rest) => run_agent("backup", backup_options(&rest), |options, stop| {
+            cttmd::backup::run_backup(options, stop).map(|exit| format!("{exit:?}"))
+        }),
         Mode::Demo(rest) => demo(&rest),
         Mode::Kvd(rest) => cttm_kvd::cli::main(&rest),
+    }
+}
+
+/// Runs one agent role with its resolved options until SIGINT/SIGTERM, logging how it ended.
+fn run_agent<O, E: std::fmt::Display>(
+    role: &str,
+    options: Result<O, ConfigError>,
+    run: impl FnOnce(O, std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<String, E>,
+) -> ExitCode {
+    let options = match options {
+        Ok(o) => o,
+        Err(e) => return config_error(&e),
+    };
+    let stop = match stop_on_signals(true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cttmd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(options, stop) {
+        Ok(exit) => {
+            tracing::info!(exit, "{role} agent stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{role} agent failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
