@@ -715,6 +715,56 @@ fn check_frame_len(data: &[u8]) -> Result<u32, PcapWriteError> {
         .ok_or(PcapWriteError::FrameTooLong { len: data.len() })
 }
 
+/// What both capture-file writers do, so a caller can pick the format at run time
+/// (`Box<dyn CaptureFileWriter>`).
+pub trait CaptureFileWriter {
+    /// Appends one frame captured at `at` (microseconds since the Unix epoch).
+    fn write_frame(
+        &mut self,
+        at: Instant,
+        link: LinkType,
+        data: &[u8],
+    ) -> Result<(), PcapWriteError>;
+    /// Frames written so far.
+    fn frames(&self) -> u64;
+    /// Flushes the file (an empty pcap still gets its header).
+    fn finish_file(self: Box<Self>) -> Result<(), PcapWriteError>;
+}
+
+impl<W: Write> CaptureFileWriter for PcapWriter<W> {
+    fn write_frame(
+        &mut self,
+        at: Instant,
+        link: LinkType,
+        data: &[u8],
+    ) -> Result<(), PcapWriteError> {
+        PcapWriter::write_frame(self, at, link, data)
+    }
+    fn frames(&self) -> u64 {
+        PcapWriter::frames(self)
+    }
+    fn finish_file(self: Box<Self>) -> Result<(), PcapWriteError> {
+        self.finish().map(drop)
+    }
+}
+
+impl<W: Write> CaptureFileWriter for PcapngWriter<W> {
+    fn write_frame(
+        &mut self,
+        at: Instant,
+        link: LinkType,
+        data: &[u8],
+    ) -> Result<(), PcapWriteError> {
+        PcapngWriter::write_frame(self, at, link, data)
+    }
+    fn frames(&self) -> u64 {
+        PcapngWriter::frames(self)
+    }
+    fn finish_file(self: Box<Self>) -> Result<(), PcapWriteError> {
+        self.finish().map(drop)
+    }
+}
+
 /// Writes a classic pcap file (little-endian, microseconds unless told otherwise) that
 /// Wireshark and `tcpdump -r` open. The file header is written when the link type is known:
 /// at creation if given, else with the first frame. Flushed on drop; [`PcapWriter::finish`]

@@ -15,7 +15,9 @@
 //! [`cttm_core::Tracker`] and prints each connection with its snapshot: what a restore would use.
 //! Exit status: 0 on success, 1 when the file cannot be read or written, 2 on bad arguments.
 
-use cttm_capture::pcap::{PcapFileReader, PcapWriter, PcapngWriter, TimeResolution};
+use cttm_capture::pcap::{
+    CaptureFileWriter, PcapFileReader, PcapWriter, PcapngWriter, TimeResolution,
+};
 use cttm_capture::{CaptureError, CaptureSource};
 use cttm_core::wire::ParseError;
 use cttm_core::{
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
             connections,
             frames,
             seed,
-        } => run_generate(&out, connections, frames, seed),
+        } => run_generate(&out, connections, frames, seed).map(drop),
         Command::Track { file, services } => run_track(&file, &services),
         Command::Demo {
             connections,
@@ -234,29 +236,20 @@ fn parse_demo(rest: &[String]) -> Result<Command, UsageError> {
 /// Generates a capture into a temporary file, tracks it, and removes the file.
 fn run_demo(connections: usize, frames: usize, seed: u64) -> Result<(), String> {
     let path = std::env::temp_dir().join(format!("cttm-demo-{}.pcapng", std::process::id()));
-    let config = GeneratorConfig {
-        connections,
-        target_frames: frames,
-        ..GeneratorConfig::default()
-    };
-    let services: Vec<SocketAddr> = generate(&config, seed)
-        .services
-        .endpoints()
-        .iter()
-        .map(|e| SocketAddr::new(e.addr, e.port))
-        .collect();
-    let result =
-        run_generate(&path, connections, frames, seed).and_then(|()| run_track(&path, &services));
+    let result = run_generate(&path, connections, frames, seed)
+        .and_then(|services| run_track(&path, &services));
     let _ = std::fs::remove_file(&path);
     result
 }
 
+/// Writes a generated capture to `out` (pcapng when the name ends in `.pcapng`) and returns
+/// the service endpoints to track.
 fn run_generate(
     out: &std::path::Path,
     connections: usize,
     frames: usize,
     seed: u64,
-) -> Result<(), String> {
+) -> Result<Vec<SocketAddr>, String> {
     let config = GeneratorConfig {
         connections,
         target_frames: frames,
@@ -266,53 +259,38 @@ fn run_generate(
     let pcapng = out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("pcapng"));
-    let written = if pcapng {
-        let mut writer = PcapngWriter::create(out, TimeResolution::Micros)
-            .map_err(|e| format!("{}: {e}", out.display()))?;
-        for (at, link, data) in &capture.frames {
-            writer
-                .write_frame(*at, *link, data)
-                .map_err(|e| format!("{}: {e}", out.display()))?;
-        }
-        let written = writer.frames();
-        writer
-            .finish()
-            .map_err(|e| format!("{}: {e}", out.display()))?;
-        written
+    let file_error = |e: cttm_capture::pcap::PcapWriteError| format!("{}: {e}", out.display());
+    let mut writer: Box<dyn CaptureFileWriter> = if pcapng {
+        Box::new(PcapngWriter::create(out, TimeResolution::Micros).map_err(file_error)?)
     } else {
-        let mut writer = PcapWriter::create(out, None, TimeResolution::Micros)
-            .map_err(|e| format!("{}: {e}", out.display()))?;
-        for (at, link, data) in &capture.frames {
-            writer
-                .write_frame(*at, *link, data)
-                .map_err(|e| format!("{}: {e}", out.display()))?;
-        }
-        let written = writer.frames();
-        writer
-            .finish()
-            .map_err(|e| format!("{}: {e}", out.display()))?;
-        written
+        Box::new(PcapWriter::create(out, None, TimeResolution::Micros).map_err(file_error)?)
     };
+    for (at, link, data) in &capture.frames {
+        writer.write_frame(*at, *link, data).map_err(file_error)?;
+    }
+    let written = writer.frames();
+    writer.finish_file().map_err(file_error)?;
     println!(
         "wrote {written} frames of {} connections to {} (seed {seed})",
         capture.truths.len(),
         out.display()
     );
-    let service_args: Vec<String> = capture
+    let services: Vec<SocketAddr> = capture
         .services
         .endpoints()
         .iter()
-        .map(|e| format!("--service {}", SocketAddr::new(e.addr, e.port)))
+        .map(|e| SocketAddr::new(e.addr, e.port))
         .collect();
-    for endpoint in capture.services.endpoints() {
-        println!("service {}", SocketAddr::new(endpoint.addr, endpoint.port));
+    for service in &services {
+        println!("service {service}");
     }
+    let service_args: Vec<String> = services.iter().map(|s| format!("--service {s}")).collect();
     println!(
         "track with: cttm-pcap-track track {} {}",
         out.display(),
         service_args.join(" ")
     );
-    Ok(())
+    Ok(services)
 }
 
 /// Frames that yielded no tracked segment, by reason.
