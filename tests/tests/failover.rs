@@ -29,7 +29,7 @@ use cttm_replicate::transport::tcp::{TcpConfig, TcpPrimaryTransport};
 use cttm_replicate::{PreSharedKey, PrimaryConfig, PrimaryReport, PrimaryService, Security};
 use cttm_tests::lab::{Lab, Netns, kernel_tests_enabled};
 use cttmd::backup::{BackupExit, ResetReason, run_backup};
-use cttmd::options::{BackupOptions, HeartbeatOptions};
+use cttmd::options::{BackupOptions, HeartbeatOptions, ObserveOptions, ProbeOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -461,6 +461,9 @@ fn failover(tag: &str, crash: Crash, diverging: Option<usize>) -> (Vec<ClientRep
             misses: MISSES,
         },
         announce_count: 3,
+        probe: ProbeOptions::DEFAULT,
+        fence: None,
+        observe: ObserveOptions::default(),
     };
     let backup = {
         let stop = stop_backup.clone();
@@ -709,7 +712,7 @@ fn sync_mode_every_connection_survives_a_crash_at_a_random_moment() {
     }
     use cttm_kvd::{Server as Kvd, ServerOptions};
     use cttmd::demo::{Workload, WorkloadOptions, connect_all};
-    use cttmd::options::{CommitMode, PrimaryOptions};
+    use cttmd::options::{CommitMode, DEFAULT_DEGRADE_AFTER, PrimaryOptions};
     use cttmd::primary::run_primary;
 
     let mut lab = Lab::new("fos").expect("lab");
@@ -745,6 +748,9 @@ fn sync_mode_every_connection_survives_a_crash_at_a_random_moment() {
             standby: format!("127.0.0.1:{SYNC_PORT}").parse().unwrap(),
             heartbeat,
             announce_count: 3,
+            probe: ProbeOptions::DEFAULT,
+            fence: None,
+            observe: ObserveOptions::default(),
         };
         let stop = stop_backup.clone();
         backup_host
@@ -767,6 +773,10 @@ fn sync_mode_every_connection_survives_a_crash_at_a_random_moment() {
             heartbeat,
             retention_limit: 64 << 20,
             queue: SYNC_QUEUE,
+            degrade_after: DEFAULT_DEGRADE_AFTER,
+            probe: ProbeOptions::DEFAULT,
+            observe: ObserveOptions::default(),
+            capture_file: None,
         };
         let stop = stop_primary.clone();
         primary_host

@@ -23,7 +23,10 @@ use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
 use cttm_replicate::{BackupConfig, BackupService, PreSharedKey, ReplicaStore, Security};
 use cttm_restore::repair::socket_tcp_info;
 use cttm_tests::lab::{Lab, Netns, kernel_tests_enabled};
-use cttmd::options::{CommitMode, HeartbeatOptions, PrimaryOptions};
+use cttmd::options::{
+    CommitMode, DEFAULT_DEGRADE_AFTER, HeartbeatOptions, ObserveOptions, PrimaryOptions,
+    ProbeOptions,
+};
 use cttmd::primary::{PrimaryExit, PrimaryMonitor, run_primary_monitored};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -121,6 +124,10 @@ impl Rig {
             heartbeat: heartbeat(),
             retention_limit: 64 << 20,
             queue,
+            degrade_after: DEFAULT_DEGRADE_AFTER,
+            probe: ProbeOptions::DEFAULT,
+            observe: ObserveOptions::default(),
+            capture_file: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let monitor = PrimaryMonitor::new();

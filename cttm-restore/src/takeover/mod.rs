@@ -25,6 +25,7 @@
 
 pub mod frames;
 mod packet_socket;
+pub mod probe;
 mod rtnetlink;
 
 use packet_socket::PacketSender;

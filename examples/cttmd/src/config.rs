@@ -37,7 +37,10 @@
 //!
 //! Example files: `examples/cttmd/primary.toml`, `examples/cttmd/backup.toml`.
 
-use crate::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions, ReplicationKey};
+use crate::options::{
+    BackupOptions, CommitMode, DEFAULT_DEGRADE_AFTER, HeartbeatOptions, ObserveOptions,
+    PrimaryOptions, ProbeOptions, ReplicationKey,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -545,6 +548,10 @@ pub fn primary_options(arguments: &[String]) -> Result<PrimaryOptions, ConfigErr
             DEFAULT_RETENTION_LIMIT as u64,
         )? as usize,
         queue: number(&layer, "queue", 0, 65535, u64::from(DEFAULT_QUEUE))? as u16,
+        degrade_after: DEFAULT_DEGRADE_AFTER,
+        probe: ProbeOptions::DEFAULT,
+        observe: ObserveOptions::default(),
+        capture_file: None,
     })
 }
 
@@ -579,6 +586,9 @@ pub fn backup_options(arguments: &[String]) -> Result<BackupOptions, ConfigError
             100,
             u64::from(DEFAULT_ANNOUNCE_COUNT),
         )? as u32,
+        probe: ProbeOptions::DEFAULT,
+        fence: None,
+        observe: ObserveOptions::default(),
     })
 }
 

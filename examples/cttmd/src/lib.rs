@@ -7,9 +7,11 @@
 //! | [`primary`] | the primary agent: capture, track, replicate, output commit |
 //! | [`demo`] | `cttmd demo`: a crash failover in network namespaces, with a checking client workload |
 //! | [`backup`] | the backup agent: replica, shadow sessions, failure detection, takeover |
+//! | [`observe`] | what an agent shows the operator: the view behind `cttmd status` and `/metrics` |
 
 pub mod backup;
 pub mod config;
 pub mod demo;
+pub mod observe;
 pub mod options;
 pub mod primary;

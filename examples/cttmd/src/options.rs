@@ -2,6 +2,7 @@
 //! them from a TOML file and command-line flags; tests build them directly.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The pre-shared key of the replication link (32 bytes).
@@ -26,6 +27,48 @@ pub struct HeartbeatOptions {
     pub misses: u32,
 }
 
+/// Probing the service address on the service network before claiming or serving it: an
+/// ARP probe (RFC 5227 §2.1.1: sender address 0.0.0.0) for IPv4, a duplicate address
+/// detection neighbour solicitation (RFC 4862 §5.4.2: source `::`) for IPv6. Any answer
+/// means another host holds the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Probes sent per check.
+    pub count: u32,
+    /// How long each probe waits for an answer.
+    pub wait: Duration,
+}
+
+impl ProbeOptions {
+    /// The default: 2 probes, 100 ms each (a check costs 200 ms when nobody answers).
+    pub const DEFAULT: ProbeOptions = ProbeOptions {
+        count: 2,
+        wait: Duration::from_millis(100),
+    };
+}
+
+/// Where an agent lets the operator look at it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObserveOptions {
+    /// The Unix socket `cttmd status` talks to (`None`: no socket).
+    pub status_socket: Option<PathBuf>,
+    /// The local address serving Prometheus text metrics at `/metrics` (`None`: none).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A command the backup runs before claiming the service address (fencing: e.g. power off
+/// the primary through its management controller). A failure aborts the takeover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceOptions {
+    /// The command line, run with `sh -c`.
+    pub command: String,
+    /// The longest it may run; past it, it is killed and counts as failed.
+    pub timeout: Duration,
+}
+
+/// The default of [`PrimaryOptions::degrade_after`]: 1 s.
+pub const DEFAULT_DEGRADE_AFTER: Duration = Duration::from_secs(1);
+
 /// Everything the primary agent needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrimaryOptions {
@@ -45,6 +88,16 @@ pub struct PrimaryOptions {
     pub retention_limit: usize,
     /// NFQUEUE queue number used in sync mode.
     pub queue: u16,
+    /// Sync mode: when the backup is unreachable, or a held packet has waited this long,
+    /// the agent stops holding (degraded: async) until the backup has resynchronised.
+    pub degrade_after: Duration,
+    /// Checking, at start and while the backup is silent, that no other host serves the
+    /// service address (a primary that finds it served elsewhere stops serving).
+    pub probe: ProbeOptions,
+    /// Status socket and metrics.
+    pub observe: ObserveOptions,
+    /// Write every frame the agent captured to this pcapng file.
+    pub capture_file: Option<PathBuf>,
 }
 
 /// Everything the backup agent needs.
@@ -67,4 +120,10 @@ pub struct BackupOptions {
     pub heartbeat: HeartbeatOptions,
     /// Gratuitous ARP / unsolicited NA repetitions after the claim.
     pub announce_count: u32,
+    /// Before claiming: the service address must not answer probes.
+    pub probe: ProbeOptions,
+    /// Before claiming: the fencing command, if any.
+    pub fence: Option<FenceOptions>,
+    /// Status socket and metrics.
+    pub observe: ObserveOptions,
 }

@@ -7,7 +7,10 @@
 use cttm_tests::failover_lab::{AgentPair, FailoverLab, REPLICATION_KEY};
 use cttm_tests::lab::LabError;
 use cttmd::backup::{BackupError, BackupExit, run_backup};
-use cttmd::options::{BackupOptions, CommitMode, HeartbeatOptions, PrimaryOptions};
+use cttmd::options::{
+    BackupOptions, CommitMode, DEFAULT_DEGRADE_AFTER, HeartbeatOptions, ObserveOptions,
+    PrimaryOptions, ProbeOptions,
+};
 use cttmd::primary::{PrimaryError, PrimaryExit, PrimaryMonitor, run_primary_monitored};
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,9 @@ pub(crate) fn start_in_mode(
         standby: lab.standby(),
         heartbeat: HEARTBEAT,
         announce_count: 3,
+        probe: ProbeOptions::DEFAULT,
+        fence: None,
+        observe: ObserveOptions::default(),
     };
     let primary_options = PrimaryOptions {
         services: vec![lab.service()],
@@ -55,6 +61,10 @@ pub(crate) fn start_in_mode(
         heartbeat: HEARTBEAT,
         retention_limit: 64 << 20,
         queue,
+        degrade_after: DEFAULT_DEGRADE_AFTER,
+        probe: ProbeOptions::DEFAULT,
+        observe: ObserveOptions::default(),
+        capture_file: None,
     };
     let monitor = PrimaryMonitor::new();
     let primary_monitor = monitor.clone();

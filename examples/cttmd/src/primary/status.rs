@@ -1,6 +1,7 @@
 //! What the primary agent reports while it runs: per connection, what the backup holds and
 //! how many bytes a crash now would lose.
 
+use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::CommitMode;
 use cttm_core::ConnectionId;
 use cttm_core::event::{Side, UnsafeReason};
@@ -93,15 +94,40 @@ impl PrimaryStatus {
 /// [`run_primary_monitored`](super::run_primary_monitored) and call
 /// [`status`](PrimaryMonitor::status) from any thread. The agent refreshes it every few
 /// milliseconds while it runs and once more when it stops.
-#[derive(Clone, Debug, Default)]
+///
+/// It also carries the agent's [`Observer`] (what `cttmd status` and the metrics show).
+#[derive(Clone, Debug)]
 pub struct PrimaryMonitor {
     status: Arc<Mutex<Option<PrimaryStatus>>>,
+    observer: Observer,
+}
+
+impl Default for PrimaryMonitor {
+    fn default() -> Self {
+        PrimaryMonitor::with_observer(Observer::new(AgentView::new(
+            AgentRole::Primary,
+            CommitState::Sync,
+        )))
+    }
 }
 
 impl PrimaryMonitor {
     /// A monitor no agent has reported to yet.
     pub fn new() -> Self {
         PrimaryMonitor::default()
+    }
+
+    /// A monitor whose agent publishes its operator view to `observer`.
+    pub fn with_observer(observer: Observer) -> Self {
+        PrimaryMonitor {
+            status: Arc::new(Mutex::new(None)),
+            observer,
+        }
+    }
+
+    /// The agent's operator view (role, mode, connections, counters).
+    pub fn observer(&self) -> &Observer {
+        &self.observer
     }
 
     /// The latest status; `None` until the agent is running.
