@@ -65,7 +65,11 @@ impl AddressProbe {
 
     /// Probes `address` (`config.count` probes, each waiting `config.wait`), stopping at the
     /// first answer from a MAC address other than the interface's own.
-    pub fn probe(&mut self, address: IpAddr, config: ProbeConfig) -> Result<ProbeOutcome, ProbeError> {
+    pub fn probe(
+        &mut self,
+        address: IpAddr,
+        config: ProbeConfig,
+    ) -> Result<ProbeOutcome, ProbeError> {
         let _ = (address, config, &self.interface);
         Ok(ProbeOutcome::Silent)
     }

@@ -6,7 +6,8 @@
 
 use cttm_tests::failover_lab::{AgentPair, FailoverLab, REPLICATION_KEY};
 use cttm_tests::lab::LabError;
-use cttmd::backup::{BackupError, BackupExit, run_backup};
+use cttmd::backup::{BackupError, BackupExit, run_backup_observed};
+use cttmd::observe::{AgentRole, AgentView, CommitState, Observer};
 use cttmd::options::{
     BackupOptions, CommitMode, DEFAULT_DEGRADE_AFTER, HeartbeatOptions, ObserveOptions,
     PrimaryOptions, ProbeOptions,
@@ -39,7 +40,27 @@ pub(crate) fn start_in_mode(
     mode: CommitMode,
     queue: u16,
 ) -> Result<Rig, LabError> {
-    let backup_options = BackupOptions {
+    start_observed(lab, mode, queue, |_, _| {}).map(|(rig, _)| rig)
+}
+
+/// What the operator (and a test) can see of the running agents.
+#[derive(Clone, Debug)]
+pub(crate) struct Watchers {
+    /// The primary agent's status (final status included once it stopped) and its view.
+    pub(crate) primary: PrimaryMonitor,
+    /// The backup agent's view.
+    pub(crate) backup: Observer,
+}
+
+/// [`start_in_mode`] with the options changed by `customize` first, returning the agents'
+/// status handles too.
+pub(crate) fn start_observed(
+    lab: FailoverLab,
+    mode: CommitMode,
+    queue: u16,
+    customize: impl FnOnce(&mut PrimaryOptions, &mut BackupOptions),
+) -> Result<(Rig, Watchers), LabError> {
+    let mut backup_options = BackupOptions {
         services: vec![lab.service()],
         service_prefix_len: lab.service_prefix_len(),
         interface: "eth0".into(),
@@ -52,7 +73,7 @@ pub(crate) fn start_in_mode(
         fence: None,
         observe: ObserveOptions::default(),
     };
-    let primary_options = PrimaryOptions {
+    let mut primary_options = PrimaryOptions {
         services: vec![lab.service()],
         interface: "eth0".into(),
         backup: lab.replication(),
@@ -66,15 +87,21 @@ pub(crate) fn start_in_mode(
         observe: ObserveOptions::default(),
         capture_file: None,
     };
-    let monitor = PrimaryMonitor::new();
-    let primary_monitor = monitor.clone();
-    AgentPair::start(
+    customize(&mut primary_options, &mut backup_options);
+    let watchers = Watchers {
+        primary: PrimaryMonitor::new(),
+        backup: Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async)),
+    };
+    let (primary_monitor, backup_observer) = (watchers.primary.clone(), watchers.backup.clone());
+    let monitor = watchers.primary.clone();
+    let rig = AgentPair::start(
         lab,
-        move |stop| run_backup(backup_options, stop),
+        move |stop| run_backup_observed(backup_options, stop, backup_observer),
         move |stop| run_primary_monitored(primary_options, stop, primary_monitor),
         LINK_UP_LIMIT,
         || monitor.status().is_some_and(|s| s.link_up),
-    )
+    )?;
+    Ok((rig, watchers))
 }
 
 /// The crash of the primary; the primary agent must have run without error. Returns when

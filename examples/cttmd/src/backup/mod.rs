@@ -26,6 +26,7 @@ mod splice;
 mod takeover;
 mod watch;
 
+use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::BackupOptions;
 use cttm_core::ReplicaConfig;
 use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
@@ -190,6 +191,17 @@ pub fn run_backup(
     options: BackupOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<BackupExit, BackupError> {
+    let observer = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
+    run_backup_observed(options, stop, observer)
+}
+
+/// [`run_backup`], publishing what it does (role, connections, counters) to `observer`.
+pub fn run_backup_observed(
+    options: BackupOptions,
+    stop: Arc<AtomicBool>,
+    observer: Observer,
+) -> Result<BackupExit, BackupError> {
+    let _ = &observer;
     let addresses = service_addresses(&options)?;
     let services = ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new));
     let mut netlink =
