@@ -611,3 +611,19 @@ pub fn kv_text(seed: u64, len: usize) -> String {
     generator.fill(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+impl<P, B> AgentPair<P, B> {
+    /// Stops the backup agent alone (the primary keeps running) and returns what it
+    /// returned (`None` if it was already stopped or it panicked).
+    pub fn stop_backup_agent(&mut self) -> Option<B> {
+        self.backup.take().and_then(Agent::stop)
+    }
+
+    /// Runs `backup` (e.g. a new backup agent started with [`FailoverLab::spawn_agent`]) as
+    /// the pair's backup agent; a backup agent still running is stopped first.
+    pub fn replace_backup_agent(&mut self, backup: Agent<B>) {
+        if let Some(old) = self.backup.replace(backup) {
+            let _ = old.stop();
+        }
+    }
+}

@@ -88,6 +88,17 @@ struct Rig {
 
 impl Rig {
     fn start(tag: &str, mode: CommitMode, queue: u16) -> Rig {
+        Rig::start_degrading_after(tag, mode, queue, DEFAULT_DEGRADE_AFTER)
+    }
+
+    /// [`Rig::start`] with the agent's `degrade_after` (sync mode stops holding once the
+    /// backup has been unreachable that long).
+    fn start_degrading_after(
+        tag: &str,
+        mode: CommitMode,
+        queue: u16,
+        degrade_after: Duration,
+    ) -> Rig {
         let mut lab = Lab::new(tag).expect("lab");
         let server = lab.add_host("s", &["198.18.0.1/24"]).expect("server host");
         let backup_host = lab.add_host("b", &["198.18.0.2/24"]).expect("backup host");
@@ -124,7 +135,7 @@ impl Rig {
             heartbeat: heartbeat(),
             retention_limit: 64 << 20,
             queue,
-            degrade_after: DEFAULT_DEGRADE_AFTER,
+            degrade_after,
             probe: ProbeOptions::DEFAULT,
             observe: ObserveOptions::default(),
             capture_file: None,
@@ -571,7 +582,8 @@ fn sync_mode_holds_output_while_the_backup_is_cut_off_and_resumes() {
     const ROUNDS_AFTER: usize = 8;
     let total = ROUND * (ROUNDS_BEFORE + 1 + ROUNDS_AFTER);
     let data = pattern(total, 3);
-    let mut rig = Rig::start("fpc", CommitMode::Sync, 23);
+    // The backup stays cut off for about 2 s: the agent must hold all along, not degrade.
+    let mut rig = Rig::start_degrading_after("fpc", CommitMode::Sync, 23, Duration::from_secs(60));
     let mut stream = rig
         .client
         .run(|| TcpStream::connect_timeout(&SERVICE.parse().unwrap(), IO_TIMEOUT))

@@ -26,6 +26,7 @@
 pub mod frames;
 mod packet_socket;
 pub mod probe;
+mod probe_socket;
 mod rtnetlink;
 
 use packet_socket::PacketSender;

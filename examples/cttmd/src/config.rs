@@ -21,6 +21,12 @@
 //! | `heartbeat_misses` | missed heartbeats meaning the peer is dead, 1 to 1000 | 3 |
 //! | `retention_limit` | bytes retained for the backup before connections become unprotected | 67108864 (64 MiB) |
 //! | `queue` | NFQUEUE queue number (sync mode), 0 to 65535 | 0 |
+//! | `degrade_after_ms` | sync mode: stop holding (degrade to async) when the backup is unreachable, or a held packet has waited, this long; 1 to 3600000 | 1000 |
+//! | `probe_count` | probes (ARP / neighbour solicitation) of the service address at start and while the backup is silent, 0 to 20 (0: do not probe) | 2 |
+//! | `probe_wait_ms` | how long each probe waits for an answer, 1 to 10000 | 100 |
+//! | `status_socket` | Unix socket of `cttmd status`; relative to the config file; `""`: none | `"/run/cttmd/primary.sock"` |
+//! | `metrics_listen` | `"ADDR:PORT"` serving Prometheus metrics at `/metrics`: a loopback address or an address of this host (not `0.0.0.0` / `::`) | none |
+//! | `capture_file` | write every captured frame to this pcapng file (its directory must exist); relative to the config file | none |
 //!
 //! ## Backup keys
 //!
@@ -34,12 +40,22 @@
 //! | `standby` | `"ADDR:PORT"` of the standby daemon (shadow sessions connect there) | loopback, port of the first service |
 //! | `heartbeat_interval_ms`, `heartbeat_misses` | as for the primary | 100, 3 |
 //! | `announce_count` | gratuitous ARP / unsolicited NA repetitions, 0 to 100 | 3 |
+//! | `probe_count`, `probe_wait_ms` | probes of the service address before a takeover (any answer: no takeover), as for the primary | 2, 100 |
+//! | `fence_command` | command run with `sh -c` before claiming the address (`CTTM_SERVICE_ADDRESSES` in its environment); its failure aborts the takeover | none |
+//! | `fence_timeout_ms` | the longest the fencing command may run, 1 to 600000 (only with `fence_command`) | 10000 |
+//! | `status_socket` | as for the primary | `"/run/cttmd/backup.sock"` |
+//! | `metrics_listen` | as for the primary | none |
+//!
+//! What `metrics_listen` must be: a port other than 0 and an address that is a loopback
+//! address or is configured on this host (checked by binding a UDP socket to it): never the
+//! unspecified address, so metrics are not served on every interface by mistake.
 //!
 //! Example files: `examples/cttmd/primary.toml`, `examples/cttmd/backup.toml`.
 
+use crate::observe::MAX_SOCKET_PATH_LEN;
 use crate::options::{
-    BackupOptions, CommitMode, DEFAULT_DEGRADE_AFTER, HeartbeatOptions, ObserveOptions,
-    PrimaryOptions, ProbeOptions, ReplicationKey,
+    BackupOptions, CommitMode, FenceOptions, HeartbeatOptions, ObserveOptions, PrimaryOptions,
+    ProbeOptions, ReplicationKey,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -62,6 +78,18 @@ pub const DEFAULT_QUEUE: u16 = 0;
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
 /// Default `announce_count`.
 pub const DEFAULT_ANNOUNCE_COUNT: u32 = 3;
+/// Default `degrade_after_ms` (the value of [`crate::options::DEFAULT_DEGRADE_AFTER`]).
+pub const DEFAULT_DEGRADE_AFTER_MS: u64 = 1000;
+/// Default `probe_count` (the count of [`ProbeOptions::DEFAULT`]).
+pub const DEFAULT_PROBE_COUNT: u32 = 2;
+/// Default `probe_wait_ms` (the wait of [`ProbeOptions::DEFAULT`]).
+pub const DEFAULT_PROBE_WAIT_MS: u64 = 100;
+/// Default `fence_timeout_ms`.
+pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 10_000;
+/// Default `status_socket` of the primary (also where `cttmd status` looks first).
+pub const DEFAULT_PRIMARY_STATUS_SOCKET: &str = "/run/cttmd/primary.sock";
+/// Default `status_socket` of the backup (where `cttmd status` looks next).
+pub const DEFAULT_BACKUP_STATUS_SOCKET: &str = "/run/cttmd/backup.sock";
 
 /// The flags of `cttmd primary`, for `--help`.
 pub const PRIMARY_FLAGS: &str = "\
@@ -75,7 +103,18 @@ pub const PRIMARY_FLAGS: &str = "\
   --heartbeat-misses N          missed heartbeats meaning the backup is gone (default 3)
   --retention-limit BYTES       bytes kept for the backup before connections are unprotected
                                 (default 67108864)
-  --queue N                     NFQUEUE queue number in sync mode (default 0)";
+  --queue N                     NFQUEUE queue number in sync mode (default 0)
+  --degrade-after-ms MS         sync mode: stop holding when the backup is unreachable or a held
+                                packet has waited this long; back to sync once it caught up
+                                (default 1000)
+  --probe-count N               probes of the service address at start and while the backup is
+                                silent, 0 to 20; 0: do not probe (default 2)
+  --probe-wait-ms MS            wait for an answer to each probe (default 100)
+  --status-socket PATH          Unix socket of `cttmd status`; \"\" for none
+                                (default /run/cttmd/primary.sock)
+  --metrics-listen ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics; a loopback
+                                or local address (default: no metrics)
+  --capture-file FILE           write every captured frame to this pcapng file (default: none)";
 
 /// The flags of `cttmd backup`, for `--help`.
 pub const BACKUP_FLAGS: &str = "\
@@ -88,7 +127,17 @@ pub const BACKUP_FLAGS: &str = "\
   --standby ADDR:PORT           the standby daemon (default loopback, first service's port)
   --heartbeat-interval-ms MS    heartbeat interval (default 100)
   --heartbeat-misses N          missed heartbeats meaning the primary is dead (default 3)
-  --announce-count N            gratuitous ARP / unsolicited NA repetitions (default 3)";
+  --announce-count N            gratuitous ARP / unsolicited NA repetitions (default 3)
+  --probe-count N               probes of the service address before a takeover (any answer:
+                                no takeover), 0 to 20; 0: do not probe (default 2)
+  --probe-wait-ms MS            wait for an answer to each probe (default 100)
+  --fence-command CMD           run `sh -c CMD` before claiming the address (env
+                                CTTM_SERVICE_ADDRESSES); a failure aborts the takeover
+  --fence-timeout-ms MS         the longest the fencing command may run (default 10000)
+  --status-socket PATH          Unix socket of `cttmd status`; \"\" for none
+                                (default /run/cttmd/backup.sock)
+  --metrics-listen ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics; a loopback
+                                or local address (default: no metrics)";
 
 /// The agent role a configuration is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +272,12 @@ struct PrimaryFile {
     heartbeat_misses: Option<u64>,
     retention_limit: Option<u64>,
     queue: Option<u64>,
+    degrade_after_ms: Option<u64>,
+    probe_count: Option<u64>,
+    probe_wait_ms: Option<u64>,
+    status_socket: Option<String>,
+    metrics_listen: Option<String>,
+    capture_file: Option<String>,
 }
 
 /// The backup's config file.
@@ -239,6 +294,12 @@ struct BackupFile {
     heartbeat_interval_ms: Option<u64>,
     heartbeat_misses: Option<u64>,
     announce_count: Option<u64>,
+    probe_count: Option<u64>,
+    probe_wait_ms: Option<u64>,
+    fence_command: Option<String>,
+    fence_timeout_ms: Option<u64>,
+    status_socket: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// `service = "a:p"` or `service = ["a:p", "b:q"]`.
@@ -317,6 +378,12 @@ const PRIMARY_KEYS: &[&str] = &[
     "heartbeat_misses",
     "retention_limit",
     "queue",
+    "degrade_after_ms",
+    "probe_count",
+    "probe_wait_ms",
+    "status_socket",
+    "metrics_listen",
+    "capture_file",
 ];
 
 const BACKUP_KEYS: &[&str] = &[
@@ -330,6 +397,12 @@ const BACKUP_KEYS: &[&str] = &[
     "heartbeat_interval_ms",
     "heartbeat_misses",
     "announce_count",
+    "probe_count",
+    "probe_wait_ms",
+    "fence_command",
+    "fence_timeout_ms",
+    "status_socket",
+    "metrics_listen",
 ];
 
 /// The flags, parsed: `--config` and the keys they set.
@@ -415,11 +488,12 @@ fn parse_error(path: &Path, e: toml::de::Error) -> ConfigError {
     }
 }
 
-/// A `key_file` given in a config file is relative to the file's directory.
-fn key_file_path(value: Option<String>, config: &Path) -> Option<String> {
+/// A path given in a config file (`key_file`, `status_socket`, `capture_file`) is relative
+/// to the file's directory; `""` stays `""` (it means "none" for `status_socket`).
+fn relative_to_config(value: Option<String>, config: &Path) -> Option<String> {
     value.map(|v| {
         let p = Path::new(&v);
-        if p.is_relative() {
+        if p.is_relative() && !v.is_empty() {
             config
                 .parent()
                 .unwrap_or(Path::new(""))
@@ -448,12 +522,26 @@ fn primary_file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
     layer.put("interface", file.interface, &origin);
     layer.put("backup", file.backup, &origin);
     layer.put("key", file.key, &origin);
-    layer.put("key_file", key_file_path(file.key_file, path), &origin);
+    layer.put("key_file", relative_to_config(file.key_file, path), &origin);
     layer.put("mode", file.mode, &origin);
     layer.put_number("heartbeat_interval_ms", file.heartbeat_interval_ms, &origin);
     layer.put_number("heartbeat_misses", file.heartbeat_misses, &origin);
     layer.put_number("retention_limit", file.retention_limit, &origin);
     layer.put_number("queue", file.queue, &origin);
+    layer.put_number("degrade_after_ms", file.degrade_after_ms, &origin);
+    layer.put_number("probe_count", file.probe_count, &origin);
+    layer.put_number("probe_wait_ms", file.probe_wait_ms, &origin);
+    layer.put(
+        "status_socket",
+        relative_to_config(file.status_socket, path),
+        &origin,
+    );
+    layer.put("metrics_listen", file.metrics_listen, &origin);
+    layer.put(
+        "capture_file",
+        relative_to_config(file.capture_file, path),
+        &origin,
+    );
     Ok(layer)
 }
 
@@ -474,11 +562,21 @@ fn backup_file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
     layer.put("interface", file.interface, &origin);
     layer.put("listen", file.listen, &origin);
     layer.put("key", file.key, &origin);
-    layer.put("key_file", key_file_path(file.key_file, path), &origin);
+    layer.put("key_file", relative_to_config(file.key_file, path), &origin);
     layer.put("standby", file.standby, &origin);
     layer.put_number("heartbeat_interval_ms", file.heartbeat_interval_ms, &origin);
     layer.put_number("heartbeat_misses", file.heartbeat_misses, &origin);
     layer.put_number("announce_count", file.announce_count, &origin);
+    layer.put_number("probe_count", file.probe_count, &origin);
+    layer.put_number("probe_wait_ms", file.probe_wait_ms, &origin);
+    layer.put("fence_command", file.fence_command, &origin);
+    layer.put_number("fence_timeout_ms", file.fence_timeout_ms, &origin);
+    layer.put(
+        "status_socket",
+        relative_to_config(file.status_socket, path),
+        &origin,
+    );
+    layer.put("metrics_listen", file.metrics_listen, &origin);
     Ok(layer)
 }
 
@@ -548,10 +646,16 @@ pub fn primary_options(arguments: &[String]) -> Result<PrimaryOptions, ConfigErr
             DEFAULT_RETENTION_LIMIT as u64,
         )? as usize,
         queue: number(&layer, "queue", 0, 65535, u64::from(DEFAULT_QUEUE))? as u16,
-        degrade_after: DEFAULT_DEGRADE_AFTER,
-        probe: ProbeOptions::DEFAULT,
-        observe: ObserveOptions::default(),
-        capture_file: None,
+        degrade_after: Duration::from_millis(number(
+            &layer,
+            "degrade_after_ms",
+            1,
+            3_600_000,
+            DEFAULT_DEGRADE_AFTER_MS,
+        )?),
+        probe: probe(&layer)?,
+        observe: observe(&layer, DEFAULT_PRIMARY_STATUS_SOCKET)?,
+        capture_file: capture_file(&layer)?,
     })
 }
 
@@ -586,9 +690,9 @@ pub fn backup_options(arguments: &[String]) -> Result<BackupOptions, ConfigError
             100,
             u64::from(DEFAULT_ANNOUNCE_COUNT),
         )? as u32,
-        probe: ProbeOptions::DEFAULT,
-        fence: None,
-        observe: ObserveOptions::default(),
+        probe: probe(&layer)?,
+        fence: fence(&layer)?,
+        observe: observe(&layer, DEFAULT_BACKUP_STATUS_SOCKET)?,
     })
 }
 
@@ -739,6 +843,162 @@ fn heartbeat(layer: &Layer) -> Result<HeartbeatOptions, ConfigError> {
             u64::from(DEFAULT_HEARTBEAT_MISSES),
         )? as u32,
     })
+}
+
+fn probe(layer: &Layer) -> Result<ProbeOptions, ConfigError> {
+    Ok(ProbeOptions {
+        count: number(layer, "probe_count", 0, 20, u64::from(DEFAULT_PROBE_COUNT))? as u32,
+        wait: Duration::from_millis(number(
+            layer,
+            "probe_wait_ms",
+            1,
+            10_000,
+            DEFAULT_PROBE_WAIT_MS,
+        )?),
+    })
+}
+
+fn observe(layer: &Layer, default_socket: &str) -> Result<ObserveOptions, ConfigError> {
+    Ok(ObserveOptions {
+        status_socket: status_socket(layer, default_socket)?,
+        metrics: metrics_listen(layer)?,
+    })
+}
+
+fn status_socket(layer: &Layer, default: &str) -> Result<Option<PathBuf>, ConfigError> {
+    let Some((path, origin)) = layer.get("status_socket") else {
+        return Ok(Some(PathBuf::from(default)));
+    };
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let problem = if path.contains('\0') {
+        Some("a path cannot hold a NUL character".to_string())
+    } else if path.ends_with('/') {
+        Some(format!(
+            "{path:?} names a directory: give the socket file's path, like {default}"
+        ))
+    } else if path.len() > MAX_SOCKET_PATH_LEN {
+        Some(format!(
+            "{path:?} is {} bytes long: a Unix socket path has at most {MAX_SOCKET_PATH_LEN}; give a shorter one",
+            path.len()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(invalid(
+            "status_socket",
+            origin,
+            format!("{problem} (\"\" for no status socket)"),
+        )),
+        None => Ok(Some(PathBuf::from(path))),
+    }
+}
+
+/// `metrics_listen`: a port, and an address that is loopback or configured on this host.
+fn metrics_listen(layer: &Layer) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some((value, origin)) = layer.get("metrics_listen") else {
+        return Ok(None);
+    };
+    let example = "127.0.0.1:9464";
+    let address = parse_address("metrics_listen", value, origin, example, true)?;
+    let ip = address.ip();
+    if ip.is_unspecified() {
+        return Err(invalid(
+            "metrics_listen",
+            origin,
+            format!(
+                "{value:?} would serve metrics on every interface: give a loopback or local address, like {example}"
+            ),
+        ));
+    }
+    if ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(invalid(
+            "metrics_listen",
+            origin,
+            format!("{ip} is not a host address: give a loopback or local address, like {example}"),
+        ));
+    }
+    // an address of this host can be bound (port 0: nothing is taken)
+    if !ip.is_loopback() && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_err() {
+        return Err(invalid(
+            "metrics_listen",
+            origin,
+            format!(
+                "{ip} is not an address of this host: metrics are served on a local address only (a loopback address like {example}, or one of this host's addresses)"
+            ),
+        ));
+    }
+    Ok(Some(address))
+}
+
+fn capture_file(layer: &Layer) -> Result<Option<PathBuf>, ConfigError> {
+    let Some((value, origin)) = layer.get("capture_file") else {
+        return Ok(None);
+    };
+    let path = Path::new(value);
+    let problem = if value.is_empty() {
+        Some("empty: give a file path, or leave the key out for no capture file".to_string())
+    } else if value.contains('\0') {
+        Some("a path cannot hold a NUL character".to_string())
+    } else if value.ends_with('/') || path.is_dir() {
+        Some(format!(
+            "{value:?} is a directory: give a file path, like /var/tmp/cttmd-primary.pcapng"
+        ))
+    } else {
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => Some(format!(
+                "the directory {} does not exist: create it or write the file elsewhere",
+                dir.display()
+            )),
+            _ => None,
+        }
+    };
+    match problem {
+        Some(problem) => Err(invalid("capture_file", origin, problem)),
+        None => Ok(Some(path.to_path_buf())),
+    }
+}
+
+fn fence(layer: &Layer) -> Result<Option<FenceOptions>, ConfigError> {
+    let timeout = Duration::from_millis(number(
+        layer,
+        "fence_timeout_ms",
+        1,
+        600_000,
+        DEFAULT_FENCE_TIMEOUT_MS,
+    )?);
+    let Some((command, origin)) = layer.get("fence_command") else {
+        if let Some((_, origin)) = layer.get("fence_timeout_ms") {
+            return Err(invalid(
+                "fence_timeout_ms",
+                origin,
+                "set without `fence_command`: give the fencing command too, or leave both out"
+                    .to_string(),
+            ));
+        }
+        return Ok(None);
+    };
+    if command.trim().is_empty() {
+        return Err(invalid(
+            "fence_command",
+            origin,
+            "empty: give a command line (run with `sh -c`), or leave the key out for no fencing"
+                .to_string(),
+        ));
+    }
+    if command.contains('\0') {
+        return Err(invalid(
+            "fence_command",
+            origin,
+            "a command line cannot hold a NUL character".to_string(),
+        ));
+    }
+    Ok(Some(FenceOptions {
+        command: command.to_string(),
+        timeout,
+    }))
 }
 
 /// Parses 64 hex digits (surrounding whitespace ignored) into a key.

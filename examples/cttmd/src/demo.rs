@@ -23,6 +23,9 @@
 //! prints what the client saw: connections kept, bytes verified, requests answered and the
 //! longest stall.
 //!
+//! Each agent gets a status socket in a directory of this run (`/tmp/cttmd-demo-<pid>-<run>/`,
+//! removed at the end); after the takeover the demo prints the backup's `cttmd status`.
+//!
 //! Cleanup happens on every exit path, Ctrl-C included (the caller's stop flag): child
 //! processes are stopped (the agents with SIGTERM, then SIGKILL after 3 s; the daemons with
 //! SIGKILL) and the namespaces deleted when the lab is dropped; namespaces of a killed run are
@@ -317,6 +320,53 @@ fn find_binary(name: &str, variable: &str, exe: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A directory of this demo run for the agents' status sockets, removed when dropped.
+struct SocketDir(PathBuf);
+
+impl SocketDir {
+    fn create() -> Result<SocketDir, DemoError> {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cttmd-demo-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            DemoError::NotReady(format!(
+                "cannot create {} for the agents' status sockets: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(SocketDir(dir))
+    }
+
+    fn socket(&self, role: &str) -> PathBuf {
+        self.0.join(format!("{role}.sock"))
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Prints the backup agent's `cttmd status` (to stderr, like the demo's progress).
+fn print_backup_status(sockets: &SocketDir) {
+    let socket = sockets.socket("backup");
+    match crate::observe::query_agent(
+        &socket,
+        crate::observe::StatusCommand::Status,
+        crate::observe::CLIENT_TIMEOUT,
+    ) {
+        Ok(text) => eprintln!(
+            "the backup after the takeover (`cttmd status --socket {}`):\n{text}",
+            socket.display()
+        ),
+        Err(e) => eprintln!("(the backup's status is not available: {e})"),
+    }
+}
+
 /// The demo's lab: the namespaces (deleted when dropped, after the processes).
 struct DemoLab {
     // field order is drop order: processes first, then the namespaces
@@ -451,6 +501,8 @@ pub fn run_demo(
     eprintln!(
         "building the lab: client 198.18.0.1, primary 198.18.0.2 (service {SERVICE}), backup 198.18.0.3"
     );
+    // declared before the lab: removed after the agents have stopped
+    let sockets = SocketDir::create()?;
     let mut lab = DemoLab::build()?;
     let key = key_to_hex(&random_key()?);
     let kvd_args = vec!["--listen".to_string(), "0.0.0.0:7000".to_string()];
@@ -461,8 +513,11 @@ pub fn run_demo(
         listening(&l.primary, 7000) && listening(&l.backup, 7000)
     })?;
     let common = |role: &str| -> Vec<String> {
+        let socket = sockets.socket(role).to_string_lossy().into_owned();
         [
             role,
+            "--status-socket",
+            &socket,
             "--service",
             SERVICE,
             "--interface",
@@ -547,6 +602,7 @@ pub fn run_demo(
         }
         let elapsed = started.elapsed();
         if elapsed >= options.duration {
+            print_backup_status(&sockets);
             break Ok(());
         }
         if !crashed && elapsed >= crash_at {

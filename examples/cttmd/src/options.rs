@@ -33,7 +33,7 @@ pub struct HeartbeatOptions {
 /// means another host holds the address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeOptions {
-    /// Probes sent per check.
+    /// Probes sent per check; 0 means "do not probe" (every check counts as silence).
     pub count: u32,
     /// How long each probe waits for an answer.
     pub wait: Duration,

@@ -2,7 +2,7 @@
 //! (each error must name the key and say what to write).
 
 use cttmd::config::{ConfigError, backup_options, key_to_hex, parse_key_hex, primary_options};
-use cttmd::options::CommitMode;
+use cttmd::options::{CommitMode, FenceOptions, ProbeOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,6 +86,14 @@ fn primary_from_flags_only_gets_documented_defaults() {
     assert_eq!(o.heartbeat.misses, 3);
     assert_eq!(o.retention_limit, 64 * 1024 * 1024);
     assert_eq!(o.queue, 0);
+    assert_eq!(o.degrade_after, Duration::from_millis(1000));
+    assert_eq!(o.probe, ProbeOptions::DEFAULT);
+    assert_eq!(
+        o.observe.status_socket,
+        Some(PathBuf::from("/run/cttmd/primary.sock"))
+    );
+    assert_eq!(o.observe.metrics, None);
+    assert_eq!(o.capture_file, None);
 }
 
 #[test]
@@ -181,6 +189,13 @@ key_file = "psk"
     assert_eq!(o.heartbeat.interval, Duration::from_millis(100));
     assert_eq!(o.heartbeat.misses, 3);
     assert_eq!(o.announce_count, 3);
+    assert_eq!(o.probe, ProbeOptions::DEFAULT);
+    assert_eq!(o.fence, None);
+    assert_eq!(
+        o.observe.status_socket,
+        Some(PathBuf::from("/run/cttmd/backup.sock"))
+    );
+    assert_eq!(o.observe.metrics, None);
 
     let raw_key = dir.file("raw", &[7u8; 32]);
     let o = backup_options(&args(&[
@@ -585,16 +600,341 @@ fn the_binary_prints_help_for_each_command() {
     let (code, out, _) = cttmd(&["primary", "--help"]);
     assert_eq!(code, Some(0));
     assert!(
-        out.contains("--retention-limit") && out.contains("--mode sync|async"),
+        [
+            "--retention-limit",
+            "--mode sync|async",
+            "--degrade-after-ms",
+            "--probe-count",
+            "--probe-wait-ms",
+            "--status-socket",
+            "--metrics-listen",
+            "--capture-file"
+        ]
+        .iter()
+        .all(|flag| out.contains(flag)),
         "{out}"
     );
     let (code, out, _) = cttmd(&["backup", "-h"]);
     assert_eq!(code, Some(0));
     assert!(
-        out.contains("--standby") && out.contains("--announce-count"),
+        [
+            "--standby",
+            "--announce-count",
+            "--probe-count",
+            "--fence-command",
+            "--fence-timeout-ms",
+            "--status-socket",
+            "--metrics-listen"
+        ]
+        .iter()
+        .all(|flag| out.contains(flag)),
         "{out}"
     );
     let (code, out, _) = cttmd(&["demo", "--help"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("--seconds"), "{out}");
+    let (code, out, _) = cttmd(&["status", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("--socket PATH") && out.contains("--json"),
+        "{out}"
+    );
+    let (code, out, _) = cttmd(&["rejoin", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("non-serving"), "{out}");
+}
+
+const PRIMARY_BASE: [&str; 6] = [
+    "--service",
+    "198.18.0.10:7000",
+    "--backup",
+    "198.18.0.3:7700",
+    "--key",
+    KEY,
+];
+
+fn primary_with(extra: &[&str]) -> Result<cttmd::options::PrimaryOptions, ConfigError> {
+    let mut a = PRIMARY_BASE.to_vec();
+    a.extend_from_slice(extra);
+    primary_options(&args(&a))
+}
+
+fn backup_with(extra: &[&str]) -> Result<cttmd::options::BackupOptions, ConfigError> {
+    let mut a = vec!["--service", "198.18.0.10:7000", "--key", KEY];
+    a.extend_from_slice(extra);
+    backup_options(&args(&a))
+}
+
+#[test]
+fn primary_fault_and_observe_keys_from_file_and_flags() {
+    let dir = TempDir::new();
+    let file = dir.file(
+        "primary.toml",
+        br#"
+degrade_after_ms = 250
+probe_count = 0
+probe_wait_ms = 5
+status_socket = "run/primary.sock"
+metrics_listen = "127.0.0.1:9464"
+capture_file = "capture.pcapng"
+"#,
+    );
+    let o = primary_with(&["--config", &file]).expect("file");
+    assert_eq!(o.degrade_after, Duration::from_millis(250));
+    assert_eq!(
+        o.probe,
+        ProbeOptions {
+            count: 0,
+            wait: Duration::from_millis(5)
+        }
+    );
+    assert_eq!(
+        o.observe.status_socket,
+        Some(dir.0.join("run/primary.sock")),
+        "relative to the config file"
+    );
+    assert_eq!(o.observe.metrics, Some(addr("127.0.0.1:9464")));
+    assert_eq!(
+        o.capture_file,
+        Some(dir.0.join("capture.pcapng")),
+        "relative to the config file"
+    );
+
+    let capture = dir.0.join("flag.pcapng").to_string_lossy().into_owned();
+    let o = primary_with(&[
+        "--config",
+        &file,
+        "--degrade-after-ms",
+        "3600000",
+        "--probe-count",
+        "20",
+        "--probe-wait-ms=10000",
+        "--status-socket",
+        "",
+        "--metrics-listen",
+        "[::1]:9100",
+        "--capture-file",
+        &capture,
+    ])
+    .expect("flags over file");
+    assert_eq!(o.degrade_after, Duration::from_secs(3600));
+    assert_eq!(o.probe.count, 20);
+    assert_eq!(o.probe.wait, Duration::from_secs(10));
+    assert_eq!(o.observe.status_socket, None, "\"\" disables the socket");
+    assert_eq!(o.observe.metrics, Some(addr("[::1]:9100")));
+    assert_eq!(o.capture_file, Some(PathBuf::from(&capture)));
+
+    // a flag's relative path stays relative (to the working directory)
+    let o = primary_with(&["--status-socket", "agent.sock"]).expect("relative flag");
+    assert_eq!(o.observe.status_socket, Some(PathBuf::from("agent.sock")));
+    // the file's "" disables too
+    let off = dir.file("off.toml", b"status_socket = \"\"\n");
+    let o = primary_with(&["--config", &off]).expect("off");
+    assert_eq!(o.observe.status_socket, None);
+}
+
+#[test]
+fn backup_fault_and_observe_keys_from_file_and_flags() {
+    let dir = TempDir::new();
+    let file = dir.file(
+        "backup.toml",
+        br#"
+probe_count = 5
+probe_wait_ms = 20
+fence_command = "test -e /run/fenced && echo \"$CTTM_SERVICE_ADDRESSES\""
+fence_timeout_ms = 1500
+status_socket = "/tmp/b.sock"
+metrics_listen = "127.0.0.1:9465"
+"#,
+    );
+    let o = backup_with(&["--config", &file]).expect("file");
+    assert_eq!(
+        o.probe,
+        ProbeOptions {
+            count: 5,
+            wait: Duration::from_millis(20)
+        }
+    );
+    assert_eq!(
+        o.fence,
+        Some(FenceOptions {
+            command: "test -e /run/fenced && echo \"$CTTM_SERVICE_ADDRESSES\"".into(),
+            timeout: Duration::from_millis(1500),
+        })
+    );
+    assert_eq!(o.observe.status_socket, Some(PathBuf::from("/tmp/b.sock")));
+    assert_eq!(o.observe.metrics, Some(addr("127.0.0.1:9465")));
+
+    let o = backup_with(&[
+        "--config",
+        &file,
+        "--probe-count",
+        "0",
+        "--fence-command=ipmitool power off",
+        "--fence-timeout-ms",
+        "600000",
+        "--status-socket",
+        "/run/other.sock",
+        "--metrics-listen",
+        "127.0.0.2:9000",
+    ])
+    .expect("flags");
+    assert_eq!(o.probe.count, 0);
+    assert_eq!(
+        o.fence,
+        Some(FenceOptions {
+            command: "ipmitool power off".into(),
+            timeout: Duration::from_secs(600),
+        })
+    );
+    assert_eq!(
+        o.observe.status_socket,
+        Some(PathBuf::from("/run/other.sock"))
+    );
+    assert_eq!(o.observe.metrics, Some(addr("127.0.0.2:9000")));
+
+    // the default timeout goes with a command alone
+    let o = backup_with(&["--fence-command", "true"]).expect("command alone");
+    assert_eq!(o.fence.map(|f| f.timeout), Some(Duration::from_secs(10)));
+}
+
+#[test]
+fn fault_and_observe_key_errors_name_the_key_and_the_fix() {
+    let dir = TempDir::new();
+    let long_socket = format!("/run/{}.sock", "s".repeat(110));
+    let absent_dir = dir
+        .0
+        .join("absent/capture.pcapng")
+        .to_string_lossy()
+        .into_owned();
+    let a_dir = dir.0.to_string_lossy().into_owned();
+    let primary_cases: [(&[&str], &[&str]); 17] = [
+        (
+            &["--degrade-after-ms", "0"],
+            &["key `degrade_after_ms`", "from 1 to 3600000"],
+        ),
+        (
+            &["--degrade-after-ms", "3600001"],
+            &["key `degrade_after_ms`"],
+        ),
+        (
+            &["--probe-count", "21"],
+            &["key `probe_count`", "from 0 to 20"],
+        ),
+        (
+            &["--probe-wait-ms", "0"],
+            &["key `probe_wait_ms`", "from 1 to 10000"],
+        ),
+        (&["--probe-wait-ms", "10001"], &["key `probe_wait_ms`"]),
+        (
+            &["--status-socket", "/run/cttmd/"],
+            &[
+                "key `status_socket`",
+                "names a directory",
+                "\"\" for no status socket",
+            ],
+        ),
+        (
+            &["--status-socket", &long_socket],
+            &["key `status_socket`", "at most 107"],
+        ),
+        (
+            &["--metrics-listen", "0.0.0.0:9464"],
+            &["key `metrics_listen`", "every interface", "127.0.0.1:9464"],
+        ),
+        (
+            &["--metrics-listen", "[::]:9464"],
+            &["key `metrics_listen`", "every interface"],
+        ),
+        (
+            &["--metrics-listen", "127.0.0.1:0"],
+            &["key `metrics_listen`", "port 0"],
+        ),
+        (
+            &["--metrics-listen", "localhost"],
+            &["key `metrics_listen`", "expected ADDR:PORT"],
+        ),
+        (
+            &["--metrics-listen", "224.0.0.1:9464"],
+            &["key `metrics_listen`", "not a host address"],
+        ),
+        (
+            // an address no interface of the test's (root) namespace has
+            &["--metrics-listen", "198.18.255.254:9464"],
+            &["key `metrics_listen`", "not an address of this host"],
+        ),
+        (
+            &["--capture-file", ""],
+            &["key `capture_file`", "give a file path"],
+        ),
+        (
+            &["--capture-file", &absent_dir],
+            &["key `capture_file`", "does not exist"],
+        ),
+        (
+            &["--capture-file", &a_dir],
+            &["key `capture_file`", "is a directory"],
+        ),
+        (
+            &["--fence-command", "true"],
+            &["unknown argument \"--fence-command\" for `cttmd primary`"],
+        ),
+    ];
+    for (extra, expected) in primary_cases {
+        let e = primary_with(extra).expect_err("must fail").to_string();
+        assert_says(&e, expected);
+    }
+
+    let backup_cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["--fence-command", " "],
+            &["key `fence_command`", "leave the key out for no fencing"],
+        ),
+        (
+            &["--fence-command", "true", "--fence-timeout-ms", "0"],
+            &["key `fence_timeout_ms`", "from 1 to 600000"],
+        ),
+        (
+            &["--fence-command", "true", "--fence-timeout-ms", "600001"],
+            &["key `fence_timeout_ms`"],
+        ),
+        (
+            &["--fence-timeout-ms", "100"],
+            &["key `fence_timeout_ms`", "without `fence_command`"],
+        ),
+        (&["--probe-count", "x"], &["key `probe_count`"]),
+        (
+            &["--metrics-listen", "0.0.0.0:1"],
+            &["key `metrics_listen`", "every interface"],
+        ),
+        (
+            &["--status-socket", "/x/"],
+            &["key `status_socket`", "names a directory"],
+        ),
+        (
+            &["--capture-file", "x"],
+            &["unknown argument \"--capture-file\" for `cttmd backup`"],
+        ),
+    ];
+    for (extra, expected) in backup_cases {
+        let e = backup_with(extra).expect_err("must fail").to_string();
+        assert_says(&e, expected);
+    }
+
+    // file errors name the file; a primary-only key is unknown to the backup
+    let f = dir.file("bad-metrics.toml", b"metrics_listen = \"0.0.0.0:9464\"\n");
+    let e = primary_with(&["--config", &f]).unwrap_err().to_string();
+    assert_says(&e, &["key `metrics_listen` (in ", "bad-metrics.toml"]);
+    let f = dir.file("wrong-role.toml", b"degrade_after_ms = 10\n");
+    let e = backup_with(&["--config", &f]).unwrap_err().to_string();
+    assert_says(&e, &["unknown field `degrade_after_ms`"]);
+    let f = dir.file("nul.toml", b"status_socket = \"/run/a\\u0000b\"\n");
+    let e = primary_with(&["--config", &f]).unwrap_err().to_string();
+    assert_says(&e, &["key `status_socket`", "NUL"]);
+    let f = dir.file("nul-fence.toml", b"fence_command = \"true\\u0000\"\n");
+    let e = backup_with(&["--config", &f]).unwrap_err().to_string();
+    assert_says(&e, &["key `fence_command`", "NUL"]);
+    let f = dir.file("fence-type.toml", b"fence_command = [\"a\"]\n");
+    let e = backup_with(&["--config", &f]).unwrap_err().to_string();
+    assert_says(&e, &["fence_command", "invalid type"]);
 }

@@ -1,7 +1,9 @@
 //! The backup agent: keeps a replica of every protected connection (the primary replicates
 //! over the authenticated link), runs a shadow session per connection on the standby daemon,
-//! watches the primary's heartbeats, and when the primary is declared dead takes over: claims
-//! the service addresses, restores every connection that can be continued with `TCP_REPAIR`
+//! watches the primary's heartbeats, and when the primary is declared dead makes sure it no
+//! longer serves (the service addresses answer no probe, the fencing command succeeded:
+//! `guard`; otherwise it refuses, keeps protecting and checks again every second) and takes
+//! over: claims the service addresses, restores every connection that can be continued with `TCP_REPAIR`
 //! and splices it to its shadow session, resets the others at once, announces the addresses,
 //! and keeps serving the spliced connections. From before the claim until the last restore a
 //! network lock drops the clients' segments (`lock`); meanwhile each client's answer to its
@@ -15,26 +17,35 @@
 //! | `takeover` | claim, restore, reset, announce |
 //! | `splice` | restored socket ↔ shadow session after takeover; re-seating a restored socket at its client's acknowledgement |
 //! | `watch` | after takeover: clients ahead of what the backup holds (async loss) are reset |
+//! | `guard` | no split brain: before a takeover, probe the service addresses and fence the primary |
+//! | `fence` | the operator's fencing command, with its timeout |
+//! | `view` | what the agent publishes to its observer (`cttmd status`, metrics) |
 //!
 //! The agent runs in the calling thread (and threads it starts), in the calling thread's
 //! network namespace: the replication listener, the standby connections, the restored
 //! sockets and the address changes all happen there.
 
+mod fence;
+mod guard;
 mod lock;
 mod shadow;
 mod splice;
 mod takeover;
+mod view;
 mod watch;
 
 use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::BackupOptions;
 use cttm_core::ReplicaConfig;
 use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
+use cttm_replicate::store::StoreSubscription;
 use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
 use cttm_replicate::{
     BackupConfig, BackupService, PreSharedKey, ReplicaStore, Security, TransportError,
 };
+use cttm_restore::takeover::probe::ProbeError;
 use cttm_restore::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover, OpenError};
+use guard::{Guard, Liveness, Verdict};
 use shadow::ShadowSet;
 use splice::{SpliceEnd, SpliceSet};
 use std::fmt;
@@ -44,6 +55,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use takeover::Outcome;
 use thiserror::Error;
+use view::{BackupView, LinkState};
 
 /// Changes queued for the shadow sessions before the replication thread starts dropping
 /// them (then every connection becomes unprotected).
@@ -173,6 +185,11 @@ pub enum BackupError {
     /// The takeover interface could not be opened.
     #[error("cannot prepare the takeover: {0}; check `interface`")]
     Interface(#[from] OpenError),
+    /// The probe of the service addresses could not be opened on the takeover interface.
+    #[error(
+        "cannot probe the service addresses: {0}; check `interface`, or set `probe_count = 0` to take over without probing (split brain is then possible)"
+    )]
+    Probe(#[from] ProbeError),
     /// Claiming a service address failed at takeover.
     #[error("claiming the service address failed: {0}")]
     Claim(#[source] ClaimError),
@@ -185,8 +202,10 @@ pub enum BackupError {
 
 /// Runs the backup agent until `stop` is set. Before the primary fails it protects
 /// connections; once the primary was heard and then missed for `heartbeat.misses`
-/// intervals, it takes over and keeps serving the spliced connections (and, through the
-/// standby daemon listening on the service port, new ones) until `stop`.
+/// intervals, it checks that no host answers for the service addresses and fences the
+/// primary if configured (`guard`), then takes over and keeps serving the spliced
+/// connections (and, through the standby daemon listening on the service port, new ones)
+/// until `stop`.
 pub fn run_backup(
     options: BackupOptions,
     stop: Arc<AtomicBool>,
@@ -195,95 +214,177 @@ pub fn run_backup(
     run_backup_observed(options, stop, observer)
 }
 
-/// [`run_backup`], publishing what it does (role, connections, counters) to `observer`.
+/// [`run_backup`], publishing what it does (role, connections, counters, alerts) to
+/// `observer` (see `view`).
 pub fn run_backup_observed(
     options: BackupOptions,
     stop: Arc<AtomicBool>,
     observer: Observer,
 ) -> Result<BackupExit, BackupError> {
-    let _ = &observer;
     let addresses = service_addresses(&options)?;
     let services = ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new));
-    let mut netlink =
-        NetlinkTakeover::open(&options.interface)?.with_announce_config(AnnounceConfig {
-            count: options.announce_count.max(1),
-            interval: ANNOUNCE_INTERVAL,
-        });
-    let tcp = TcpConfig::new(
-        Security::Noise(PreSharedKey::new(options.key)),
-        services.clone(),
-    );
-    let transport =
-        TcpBackupTransport::bind(tcp, options.listen).map_err(|source| BackupError::Listen {
-            listen: options.listen,
-            source,
-        })?;
-    let store = ReplicaStore::new(ReplicaConfig::default());
-    let subscription = store.subscribe(SUBSCRIPTION_CAPACITY);
-    let config = BackupConfig {
-        heartbeat_interval: options.heartbeat.interval,
-        failure_misses: options.heartbeat.misses.max(1),
-        ..BackupConfig::default()
-    };
-    let service = BackupService::start(
-        config,
-        store.clone(),
-        cttm_replicate::random_epoch(),
-        Arc::new(transport),
-    );
+    let netlink = NetlinkTakeover::open(&options.interface)?.with_announce_config(AnnounceConfig {
+        count: options.announce_count.max(1),
+        interval: ANNOUNCE_INTERVAL,
+    });
+    let mut guard = Guard::new(&options, addresses.clone())?;
+    let mut view = BackupView::new(observer);
+    let mut protect = Protect::start(&options, services.clone())?;
     tracing::info!(
         listen = %options.listen,
         standby = %options.standby,
         services = ?options.services,
         "backup agent started"
     );
+    if !protect.until_takeover(&stop, &mut guard, &mut view)? {
+        tracing::info!("backup agent stopped before any takeover");
+        return Ok(BackupExit::default());
+    }
+    let serving = take_over(&options, services, netlink, &addresses, protect)?;
+    view.on_takeover(&serving.exit);
+    serve(&stop, serving, &mut view)
+}
 
-    // Protect until the primary fails (or stop).
-    let mut shadows = ShadowSet::new(options.standby, store.clone());
-    let mut exit = BackupExit::default();
-    let mut heard = false;
-    let mut lagged = 0;
-    let mut last_report = std::time::Instant::now();
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            tracing::info!("backup agent stopped before any takeover");
-            return Ok(exit);
-        }
-        shadows.pump(PROTECT_POLL)?;
-        for _ in 0..EVENTS_PER_ROUND {
-            let Some(event) = subscription.try_recv() else {
-                break;
-            };
-            shadows.on_store_event(event);
-        }
-        if subscription.lagged() > lagged {
-            lagged = subscription.lagged();
-            tracing::error!(
-                lost = lagged,
-                "the shadow sessions fell behind the replica; every connection is unprotected"
-            );
-            shadows.unprotect_all("the shadow sessions missed replica changes");
-        }
-        if last_report.elapsed() >= REPORT_INTERVAL {
-            last_report = std::time::Instant::now();
-            log_link(&service);
-        }
-        let alive = service.primary_alive();
-        if alive && !heard {
-            heard = true;
-            tracing::info!("primary heard on the replication link");
-        }
-        if heard && !alive {
-            break;
+/// Protecting: the replication service, the replica and the shadow sessions following it.
+struct Protect {
+    service: BackupService,
+    store: ReplicaStore,
+    subscription: StoreSubscription,
+    shadows: ShadowSet,
+    lagged: u64,
+    last_report: std::time::Instant,
+}
+
+impl Protect {
+    /// Listens for the primary and starts applying what it replicates.
+    fn start(options: &BackupOptions, services: ServiceSet) -> Result<Protect, BackupError> {
+        let tcp = TcpConfig::new(Security::Noise(PreSharedKey::new(options.key)), services);
+        let transport = TcpBackupTransport::bind(tcp, options.listen).map_err(|source| {
+            BackupError::Listen {
+                listen: options.listen,
+                source,
+            }
+        })?;
+        let store = ReplicaStore::new(ReplicaConfig::default());
+        let subscription = store.subscribe(SUBSCRIPTION_CAPACITY);
+        let config = BackupConfig {
+            heartbeat_interval: options.heartbeat.interval,
+            failure_misses: options.heartbeat.misses.max(1),
+            ..BackupConfig::default()
+        };
+        let service = BackupService::start(
+            config,
+            store.clone(),
+            cttm_replicate::random_epoch(),
+            Arc::new(transport),
+        );
+        Ok(Protect {
+            service,
+            shadows: ShadowSet::new(options.standby, store.clone()),
+            store,
+            subscription,
+            lagged: 0,
+            last_report: std::time::Instant::now(),
+        })
+    }
+
+    /// Protects until the guard lets a takeover go (`true`) or `stop` (`false`).
+    fn until_takeover(
+        &mut self,
+        stop: &AtomicBool,
+        guard: &mut Guard,
+        view: &mut BackupView,
+    ) -> Result<bool, BackupError> {
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            self.round(view)?;
+            let now = std::time::Instant::now();
+            let changed = guard.observe(self.service.primary_alive(), now) != Liveness::Unchanged;
+            if changed || view.due(now) {
+                self.publish(guard, view);
+            }
+            if guard.check_due(now) {
+                let verdict = guard.check(view);
+                // The check may have taken a while: show its outcome at once.
+                self.publish(guard, view);
+                if verdict == Verdict::TakeOver {
+                    return Ok(true);
+                }
+            }
         }
     }
 
-    // Takeover.
+    /// One round: shadow sockets served, replica changes applied to the shadows (and
+    /// counted), link errors logged now and then.
+    fn round(&mut self, view: &mut BackupView) -> Result<(), BackupError> {
+        self.shadows.pump(PROTECT_POLL)?;
+        for _ in 0..EVENTS_PER_ROUND {
+            let Some(event) = self.subscription.try_recv() else {
+                break;
+            };
+            view.on_store_event(&event);
+            self.shadows.on_store_event(event);
+        }
+        if self.subscription.lagged() > self.lagged {
+            self.lagged = self.subscription.lagged();
+            tracing::error!(
+                lost = self.lagged,
+                "the shadow sessions fell behind the replica; every connection is unprotected"
+            );
+            self.shadows
+                .unprotect_all("the shadow sessions missed replica changes");
+        }
+        if self.last_report.elapsed() >= REPORT_INTERVAL {
+            self.last_report = std::time::Instant::now();
+            log_link(&self.service);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, guard: &Guard, view: &mut BackupView) {
+        let link = LinkState {
+            up: self.service.link_up(),
+            last_alive: guard.last_alive(),
+            alive: self.service.primary_alive(),
+        };
+        let alerts = guard.alerts(std::time::Instant::now());
+        view.publish_protecting(&self.store, &self.shadows, link, alerts);
+    }
+}
+
+/// After the takeover: what serves the connections.
+struct Serving {
+    exit: BackupExit,
+    splices: SpliceSet,
+    watch: Option<watch::Watch>,
+    announcing: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The takeover: the replication stopped, the shadows brought up to date, the addresses
+/// claimed under the network lock, every connection restored and spliced or reset, the
+/// addresses announced.
+fn take_over(
+    options: &BackupOptions,
+    services: ServiceSet,
+    mut netlink: NetlinkTakeover,
+    addresses: &[IpAddr],
+    protect: Protect,
+) -> Result<Serving, BackupError> {
+    let Protect {
+        service,
+        store,
+        subscription,
+        mut shadows,
+        lagged,
+        ..
+    } = protect;
     let started = std::time::Instant::now();
     tracing::warn!(
         connections = store.len(),
         shadows = shadows.len(),
-        "primary declared dead: takeover starts"
+        "takeover starts"
     );
     drop(service);
     let mut watch = watch::Watch::open(&options.interface, services, WATCH_FOR);
@@ -299,7 +400,8 @@ pub fn run_backup_observed(
     // From before the claim until every connection is restored, client segments are dropped
     // on arrival (released on every exit path when `network_lock` is dropped).
     let mut network_lock = lock::NetworkLock::engage(&options.services);
-    takeover::claim(&mut netlink, &addresses, options.service_prefix_len)?;
+    takeover::claim(&mut netlink, addresses, options.service_prefix_len)?;
+    let mut exit = BackupExit::default();
     let mut splices = SpliceSet::new();
     for snapshot in connections {
         let id = snapshot.id;
@@ -328,7 +430,7 @@ pub fn run_backup_observed(
         reseat(w, &mut splices, &mut exit);
     }
     network_lock.release();
-    let announcing = takeover::announce(netlink, &addresses);
+    let announcing = takeover::announce(netlink, addresses);
     let took = started.elapsed();
     exit.takeover = Some(took);
     tracing::warn!(
@@ -337,8 +439,26 @@ pub fn run_backup_observed(
         reset = exit.reset.len(),
         "takeover complete"
     );
+    Ok(Serving {
+        exit,
+        splices,
+        watch,
+        announcing,
+    })
+}
 
-    // Serve the spliced connections until stop.
+/// Serves the spliced connections until `stop`.
+fn serve(
+    stop: &AtomicBool,
+    serving: Serving,
+    view: &mut BackupView,
+) -> Result<BackupExit, BackupError> {
+    let Serving {
+        mut exit,
+        mut splices,
+        mut watch,
+        announcing,
+    } = serving;
     let mut probe_at = Some(std::time::Instant::now() + PROBE_DELAY);
     while !stop.load(Ordering::SeqCst) {
         if probe_at.is_some_and(|t| std::time::Instant::now() >= t) {
@@ -350,6 +470,7 @@ pub fn run_backup_observed(
             watch = None;
         }
         let ended = splices.pump(if watching { WATCH_POLL } else { SERVE_POLL })?;
+        let mut changed = !ended.is_empty();
         if let Some(w) = &mut watch {
             w.observe(&mut splices);
             for (id, seq, reason) in splices.take_lost(AHEAD_GRACE) {
@@ -360,37 +481,49 @@ pub fn run_backup_observed(
                     }
                 }
                 exit.ended.push((id, Some(reason)));
+                changed = true;
             }
         }
         for (id, end) in ended {
-            match end {
-                SpliceEnd::Closed => {
-                    tracing::info!(connection = %id, "spliced connection closed");
-                    exit.ended.push((id, None));
-                }
-                SpliceEnd::Diverged(offset) => {
-                    tracing::warn!(
-                        connection = %id,
-                        offset,
-                        "connection diverged after takeover: reset"
-                    );
-                    exit.diverged.push((id, offset));
-                    exit.ended
-                        .push((id, Some(format!("diverged at offset {offset}"))));
-                }
-                SpliceEnd::Failed(reason) => {
-                    tracing::warn!(connection = %id, %reason, "spliced connection lost");
-                    exit.ended.push((id, Some(reason)));
-                }
-            }
+            record_end(&mut exit, id, end);
+        }
+        if changed || view.due(std::time::Instant::now()) {
+            view.apply_ended(&exit);
+            view.publish_serving(Vec::new());
         }
     }
     exit.still_spliced = splices.len();
     if let Some(a) = announcing {
         let _ = a.join();
     }
+    view.apply_ended(&exit);
+    view.publish_serving(Vec::new());
     tracing::info!(still_spliced = exit.still_spliced, "backup agent stopped");
     Ok(exit)
+}
+
+/// Records how a spliced connection ended.
+fn record_end(exit: &mut BackupExit, id: ConnectionId, end: SpliceEnd) {
+    match end {
+        SpliceEnd::Closed => {
+            tracing::info!(connection = %id, "spliced connection closed");
+            exit.ended.push((id, None));
+        }
+        SpliceEnd::Diverged(offset) => {
+            tracing::warn!(
+                connection = %id,
+                offset,
+                "connection diverged after takeover: reset"
+            );
+            exit.diverged.push((id, offset));
+            exit.ended
+                .push((id, Some(format!("diverged at offset {offset}"))));
+        }
+        SpliceEnd::Failed(reason) => {
+            tracing::warn!(connection = %id, %reason, "spliced connection lost");
+            exit.ended.push((id, Some(reason)));
+        }
+    }
 }
 
 /// Under the network lock: waits (at most [`ANSWER_WAIT`]) for each client's answer to its

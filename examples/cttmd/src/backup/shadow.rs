@@ -600,6 +600,11 @@ impl ShadowSet {
         self.shadows.remove(id)
     }
 
+    /// The protection of a connection's shadow session, if it has one.
+    pub(crate) fn protection(&self, id: &ConnectionId) -> Option<&Protection> {
+        self.shadows.get(id).map(|s| &s.status)
+    }
+
     /// How many shadow sessions exist (protected or not).
     pub(crate) fn len(&self) -> usize {
         self.shadows.len()

@@ -4,7 +4,25 @@
 //! and the operator's requests (`rejoin`) reach the agent.
 //!
 //! The status socket (`cttmd status`) and the Prometheus metrics endpoint read the same view,
-//! so both always agree.
+//! so both always agree:
+//!
+//! - [`StatusServer`]: the agent's Unix socket (`status`, `status json`, `rejoin`), and
+//!   [`query_agent`], its client (`cttmd status`, `cttmd rejoin`);
+//! - [`render_status`]: the human-readable status (a summary, then one row per connection);
+//! - [`render_metrics`] and [`MetricsServer`]: Prometheus text metrics at `GET /metrics`.
+
+pub mod client;
+pub mod metrics;
+pub mod status_socket;
+pub mod status_text;
+
+pub use client::{CLIENT_TIMEOUT, MAX_ANSWER_LEN, StatusClientError, query_agent};
+pub use metrics::{MetricsError, MetricsServer, render_metrics};
+pub use status_socket::{
+    MAX_REQUEST_LEN, MAX_SOCKET_PATH_LEN, RejoinWait, StatusCommand, StatusServer,
+    StatusSocketError,
+};
+pub use status_text::render_status;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -289,6 +307,12 @@ impl Observer {
     /// The operator asked a non-serving primary to rejoin (`cttmd rejoin`).
     pub fn request_rejoin(&self) {
         self.rejoin.store(true, Ordering::SeqCst);
+    }
+
+    /// A rejoin request is waiting for the agent to take it (the status socket, to tell
+    /// whether the agent acted on it).
+    pub fn rejoin_requested(&self) -> bool {
+        self.rejoin.load(Ordering::SeqCst)
     }
 
     /// Takes the operator's rejoin request, if one came (the agent).

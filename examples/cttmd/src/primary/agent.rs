@@ -2,8 +2,13 @@
 //! periodic housekeeping.
 
 use super::PrimaryExit;
+use super::capture_file::CaptureRecorder;
+use super::ownership::{OtherHolder, OwnershipWatch};
 use super::status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
+use super::view::{ViewInputs, ViewState};
+use crate::observe::CommitState;
 use crate::options::{CommitMode, PrimaryOptions};
+use cttm_capture::CapturedFrame;
 use cttm_core::commit::BackupHolds;
 use cttm_core::event::UnsafeReason;
 use cttm_core::record::ConnectionRecord;
@@ -15,7 +20,7 @@ use cttm_replicate::transport::tcp::{TcpConfig, TcpPrimaryTransport};
 use cttm_replicate::{
     PreSharedKey, PrimaryConfig, PrimaryReport, PrimaryService, Security, Submitted,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +77,14 @@ pub(super) struct Agent {
     last_housekeeping: std::time::Instant,
     last_status: Option<std::time::Instant>,
     monitor: PrimaryMonitor,
+    /// How output is committed now (what the view shows).
+    commit: CommitState,
+    /// Why the agent is degraded, while it is (an alert).
+    degraded_alert: Option<String>,
+    view: ViewState,
+    recorder: CaptureRecorder,
+    /// Probes the service address while the backup is silent (`None`: probing off).
+    watch: Option<OwnershipWatch>,
 }
 
 impl Agent {
@@ -79,6 +92,7 @@ impl Agent {
         options: &PrimaryOptions,
         service: PrimaryService,
         monitor: PrimaryMonitor,
+        watch: Option<OwnershipWatch>,
     ) -> Agent {
         // The primary ships client bytes once; its tracker drops them when acknowledged.
         let tracker = Tracker::new(TrackerConfig::new(service_set(options)));
@@ -97,7 +111,49 @@ impl Agent {
             last_housekeeping: std::time::Instant::now(),
             last_status: None,
             monitor,
+            commit: match options.mode {
+                CommitMode::Sync => CommitState::Sync,
+                CommitMode::Async => CommitState::Async,
+            },
+            degraded_alert: None,
+            view: ViewState::default(),
+            recorder: CaptureRecorder::create(options.capture_file.as_deref()),
+            watch,
         }
+    }
+
+    /// Writes a captured frame to the capture file, if one is configured.
+    pub(super) fn record(&mut self, frame: &CapturedFrame<'_>) {
+        self.recorder.record(frame.at, frame.link, frame.data);
+    }
+
+    /// Flushes the capture file (the agent stops).
+    pub(super) fn finish_recording(&mut self) {
+        self.recorder.finish();
+    }
+
+    /// Sync mode: output commit given up (`Some(why)`) or taken up again (`None`).
+    pub(super) fn set_degraded(&mut self, why: Option<String>) {
+        self.commit = if why.is_some() {
+            CommitState::Degraded
+        } else {
+            CommitState::Sync
+        };
+        if why.is_some() {
+            self.stats.degradations += 1;
+        }
+        self.degraded_alert = why;
+    }
+
+    /// Counts how long output commit held a packet the backup's acknowledgement released.
+    pub(super) fn observe_hold(&mut self, micros: u64) {
+        self.view.hold_time.observe(micros);
+    }
+
+    /// Another host answered for the service address while the backup was silent: the
+    /// agent must stop serving.
+    pub(super) fn other_holder(&self) -> Option<OtherHolder> {
+        self.watch.as_ref().and_then(OwnershipWatch::other_holder)
     }
 
     /// Tracks one parsed segment; its events wait for [`Agent::ship`].
@@ -217,6 +273,10 @@ impl Agent {
             return;
         }
         self.last_housekeeping = std::time::Instant::now();
+        if let Some(watch) = &self.watch {
+            // Silent longer than heartbeat interval x misses (the failure detector).
+            watch.set_backup_silent(!self.service.backup_alive());
+        }
         let link_up = self.service.link_up();
         if link_up != self.link_up {
             self.link_up = link_up;
@@ -277,12 +337,47 @@ impl Agent {
             .collect();
         connections.sort_by_key(|c| c.id);
         let stats = self.stats;
-        self.monitor.publish(PrimaryStatus {
+        let status = PrimaryStatus {
             mode: self.mode,
             link_up: self.service.link_up(),
             connections,
             held_packets: held_total,
             stats,
-        });
+        };
+        let unprotected: HashMap<_, _> = self.service.unprotected().into_iter().collect();
+        let view = self.view.build(
+            std::time::Instant::now(),
+            &status,
+            ViewInputs {
+                mode: self.commit,
+                unprotected: &unprotected,
+                degradations: self.stats.degradations,
+                alerts: self.alerts(status.link_up),
+            },
+        );
+        self.monitor.observer().publish(view);
+        self.monitor.publish(status);
+    }
+
+    /// What the operator must know now.
+    fn alerts(&self, link_up: bool) -> Vec<String> {
+        let mut alerts = Vec::new();
+        if let Some(why) = &self.degraded_alert {
+            alerts.push(format!(
+                "degraded: output is not held because {why}; connections are not protected until the backup has resynchronised"
+            ));
+        }
+        if !link_up {
+            alerts.push(
+                "the replication link to the backup is down: check the backup agent and the replication network"
+                    .to_string(),
+            );
+        } else if !self.service.backup_alive() {
+            alerts.push("the backup's heartbeats stopped".to_string());
+        }
+        if let Some(failure) = self.recorder.failure() {
+            alerts.push(format!("capture file: {failure}"));
+        }
+        alerts
     }
 }

@@ -10,13 +10,20 @@
 //! spend in the agent before tracking), the most bytes at risk, and the share of open
 //! connections that had bytes at risk (the chance that a crash at that instant loses a
 //! given connection).
+//!
+//! When it stops (a crash in the tests: the service port goes down first, then the agent is
+//! told to stop), the agent reads what the capture still holds, without waiting, and tracks
+//! it before its final status: frames that left before the crash were queued to the socket
+//! by then, so the final status covers every byte the client may have seen, and its bytes
+//! at risk are an honest upper bound of what the crash lost.
 
 use super::agent::{Agent, epoch_now, service_set, start_replication};
-use super::{PrimaryError, PrimaryExit, PrimaryMonitor};
+use super::ownership::Ownership;
+use super::{PrimaryError, PrimaryMonitor, RunEnd};
 use crate::options::PrimaryOptions;
-use cttm_capture::CaptureSource;
 use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource, CaptureMode};
 use cttm_capture::nfqueue::DEFAULT_BYPASS_MARK;
+use cttm_capture::{CaptureSource, CapturedFrame};
 use cttm_core::wire::parse_frame;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,12 +35,16 @@ const READ_TIMEOUT: Duration = Duration::from_millis(20);
 const STATUS_SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the measured loss window is logged.
 const WINDOW_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// At stop, the most reads that drain the capture (each visits what is queued), so a
+/// capture that keeps receiving cannot keep the agent from stopping.
+const DRAIN_READS: usize = 1024;
 
 pub(super) fn run(
     options: &PrimaryOptions,
     stop: &AtomicBool,
     monitor: PrimaryMonitor,
-) -> Result<PrimaryExit, PrimaryError> {
+    ownership: &Ownership,
+) -> Result<RunEnd, PrimaryError> {
     let mut config = AfPacketConfig::new(options.interface.clone(), service_set(options));
     // One receive per frame: each frame reaches the tracker as soon as it is queued.
     // Measured in the demo (release build), a frame reaches the tracker ~50-90 us after its
@@ -52,18 +63,21 @@ pub(super) fn run(
     // The mark is not needed to bypass anything here, but keeps the replication traffic
     // recognisable the same way in both modes.
     let service = start_replication(options, DEFAULT_BYPASS_MARK);
-    let mut agent = Agent::new(options, service, monitor.clone());
+    let mut agent = Agent::new(options, service, monitor.clone(), ownership.watch());
     tracing::info!(interface = %options.interface, mode = ?source.mode(), "async mode: capturing with AF_PACKET, nothing is held; bytes at risk are reported per connection");
     let no_held = |_: &cttm_core::ConnectionId| 0;
     let mut window = LossWindow::new();
+    let mut demoted = None;
     while !stop.load(Ordering::SeqCst) {
+        if let Some(holder) = agent.other_holder() {
+            demoted = Some(holder);
+            break;
+        }
         source
             .read_batch(READ_TIMEOUT, &mut |frame| {
                 // The frame reaches the tracker now (a vDSO clock read, no system call).
                 window.on_frame(epoch_now().micros().saturating_sub(frame.at.micros()));
-                if let Ok(segment) = parse_frame(frame.link, frame.data) {
-                    agent.track(frame.at, &segment);
-                }
+                track_frame(&mut agent, &frame);
             })
             .map_err(PrimaryError::Capture)?;
         agent.on_capture_drops(source.stats().dropped);
@@ -71,8 +85,40 @@ pub(super) fn run(
         agent.housekeeping(&no_held, 0);
         window.on_status(&monitor);
     }
+    drain(&mut source, &mut agent);
+    agent.finish_recording();
     agent.publish_status(&no_held, 0);
-    Ok(agent.stats)
+    Ok(RunEnd {
+        exit: agent.stats,
+        demoted,
+    })
+}
+
+fn track_frame(agent: &mut Agent, frame: &CapturedFrame<'_>) {
+    agent.record(frame);
+    if let Ok(segment) = parse_frame(frame.link, frame.data) {
+        agent.track(frame.at, &segment);
+    }
+}
+
+/// Tracks what the capture still holds, without waiting (at most [`DRAIN_READS`] reads).
+fn drain(source: &mut AfPacketSource, agent: &mut Agent) {
+    let mut frames = 0usize;
+    for _ in 0..DRAIN_READS {
+        match source.read_batch(Duration::ZERO, &mut |frame| track_frame(agent, &frame)) {
+            Ok(0) => break,
+            Ok(n) => frames += n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the capture at stop failed: the final status may miss frames");
+                break;
+            }
+        }
+    }
+    agent.on_capture_drops(source.stats().dropped);
+    agent.ship();
+    if frames > 0 {
+        tracing::debug!(frames, "frames still queued at stop tracked");
+    }
 }
 
 /// The loss window measured since the last log line.

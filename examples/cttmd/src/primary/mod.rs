@@ -12,28 +12,46 @@
 //!   one more offset (a SYN-ACK: until the backup holds the handshake), then leaves, in
 //!   order per connection, in batches. Nothing the client has seen can be unknown to the
 //!   backup, the end of a stream included. When the backup is unreachable the
-//!   segments stay held (the kernel queue bounds them; TCP retransmits past it).
+//!   segments stay held only for a while: once a held packet has waited longer than
+//!   `degrade_after`, or the backup has been unreachable that long, the agent **degrades**
+//!   (`degrade.rs`): it releases every held packet and accepts every packet at once,
+//!   still shipping events, until the backup has resynchronised; then it holds again. The
+//!   service never stalls because the backup is gone; the transition is logged (`error!`
+//!   once), shown as mode `degraded` with an alert, and counted.
 //! - **Async mode** ([`CommitMode::Async`]): AF_PACKET capture on the service interface; no
 //!   segment is held. The [`PrimaryStatus`] reports, per connection, the bytes a crash now
 //!   would lose (those the backup does not hold yet).
 //!
-//! Either way: frames the capture dropped make every open connection unsafe (never restored
+//! Either way: before capturing, the agent checks that no other host serves the service
+//! address, and stops serving it if another host takes it over while the backup is silent
+//! (`ownership.rs`: a returning primary never serves beside the backup that took over).
+//! It publishes its operator view ([`crate::observe::AgentView`]) through the monitor's
+//! observer every 10 ms, and can write every captured frame to a pcapng file
+//! (`capture_file`). When it stops, async mode first reads what the capture still holds, so
+//! the final status covers every frame that left before a crash.
+//!
+//! Frames the capture dropped make every open connection unsafe (never restored
 //! with a hole); closed connections are forgotten on both sides after the tracker's linger
 //! time; the replication link (Noise, pre-shared key, `SO_MARK` = the queue's bypass mark)
 //! reconnects by itself. One log line per connection protected, unprotected or closed.
 
 mod agent;
 mod async_mode;
+mod capture_file;
+mod degrade;
 mod error;
+mod ownership;
 mod status;
 mod sync_mode;
+mod view;
 
 pub use error::PrimaryError;
 pub use status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 
 use crate::options::{CommitMode, PrimaryOptions};
+use ownership::{OtherHolder, Ownership};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a primary agent run did, reported when it stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +79,8 @@ pub struct PrimaryExit {
     /// How long output commit held the packets it released because the backup acknowledged
     /// them (sync mode): the cost of the hold itself, without the queue's own traversal.
     pub hold_time: HoldTimes,
+    /// Times sync mode degraded because the backup was unreachable or too slow.
+    pub degradations: u64,
 }
 
 /// Distribution of the time packets spent held, in microseconds.
@@ -106,8 +126,17 @@ impl Default for PrimaryExit {
             dropped_frames: 0,
             unprotected_messages: 0,
             hold_time: HoldTimes::default(),
+            degradations: 0,
         }
     }
+}
+
+/// How one serving run of the agent ended.
+pub(super) struct RunEnd {
+    /// What the run did.
+    exit: PrimaryExit,
+    /// Another host serves the service address: the agent must stop serving.
+    demoted: Option<OtherHolder>,
 }
 
 /// Runs the primary agent until `stop` is set. The capture (and, in sync mode, the queue
@@ -134,10 +163,36 @@ pub fn run_primary_monitored(
         backup = %options.backup,
         "primary agent starting"
     );
-    let exit = match options.mode {
-        CommitMode::Sync => sync_mode::run(&options, &stop, monitor),
-        CommitMode::Async => async_mode::run(&options, &stop, monitor),
-    }?;
+    let mut ownership = Ownership::open(&options);
+    let mut exit = PrimaryExit {
+        mode: options.mode,
+        ..PrimaryExit::default()
+    };
+    // Before capturing: a primary that comes back after a takeover must not serve.
+    let mut other_holder = ownership.find_other_holder();
+    loop {
+        if let Some(holder) = other_holder.take() {
+            ownership.release_all();
+            if !ownership.wait_for_rejoin(holder, &stop, monitor.observer()) {
+                break;
+            }
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let run = match options.mode {
+            CommitMode::Sync => sync_mode::run(&options, &stop, monitor.clone(), &ownership),
+            CommitMode::Async => async_mode::run(&options, &stop, monitor.clone(), &ownership),
+        }?;
+        exit = run.exit;
+        match run.demoted {
+            Some(holder) => {
+                tracing::error!(%holder, "another host serves the service address while the backup is silent (a partition healed after a takeover): this agent stops serving");
+                other_holder = Some(holder);
+            }
+            None => break,
+        }
+    }
     tracing::info!(
         segments = exit.segments,
         connections = exit.connections,

@@ -58,8 +58,25 @@ impl ConnectionStatus {
     }
 
     /// Bytes a crash now would lose, both directions.
+    ///
+    /// A connection the backup holds nothing of ([`ConnectionStatus::backup_holds_nothing`])
+    /// is lost whole by a crash even when this is 0 (a handshake not acknowledged yet, no
+    /// byte exchanged): [`ConnectionStatus::is_at_risk`] counts it.
     pub fn at_risk(&self) -> u64 {
         self.client_at_risk + self.server_at_risk
+    }
+
+    /// The backup holds nothing of the connection (not replicated yet, or unprotected until
+    /// its record is resent): a crash now loses it whatever [`ConnectionStatus::at_risk`]
+    /// says.
+    pub fn backup_holds_nothing(&self) -> bool {
+        self.backup.is_none()
+    }
+
+    /// A crash now would lose something of the connection: bytes at risk, or the whole
+    /// connection because the backup holds nothing of it, or it cannot be restored.
+    pub fn is_at_risk(&self) -> bool {
+        self.at_risk() > 0 || self.backup_holds_nothing() || self.unsafe_reason.is_some()
     }
 }
 
