@@ -245,6 +245,9 @@ impl Drop for PrimaryService {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_all();
+        // The send thread may be blocked writing to a dead backup (a full socket buffer):
+        // end the link so it returns now rather than after the write timeout.
+        self.shared.transport.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -58,6 +58,11 @@ pub trait ReplicationTransport: Send + Sync {
     /// Drops the current link because the failure detector gave up on it (no heartbeat);
     /// the transport establishes a new one as after any break. The default does nothing.
     fn reset(&self) {}
+    /// Ends the current link at once because its user is stopping: a send blocked on a
+    /// dead peer fails now instead of after its write timeout. The default resets.
+    fn close(&self) {
+        self.reset();
+    }
 }
 
 /// A transport operation failed.

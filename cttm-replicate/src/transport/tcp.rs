@@ -56,6 +56,9 @@ impl TcpConfig {
 #[derive(Debug)]
 struct Link {
     writer: Mutex<Option<ChannelWriter<TcpStream>>>,
+    /// A second handle on the writer's socket, so that [`Link::abort`] can shut it down
+    /// while a send holds the writer's lock (blocked on a dead peer).
+    writer_socket: Mutex<Option<TcpStream>>,
     reader: Mutex<Option<ChannelReader<TcpStream>>>,
     up: AtomicBool,
     epoch: AtomicU64,
@@ -70,6 +73,7 @@ impl Default for Link {
     fn default() -> Self {
         Link {
             writer: Mutex::default(),
+            writer_socket: Mutex::default(),
             reader: Mutex::default(),
             up: AtomicBool::default(),
             epoch: AtomicU64::default(),
@@ -91,6 +95,7 @@ impl Link {
         }
         *slot = Some(reader);
         self.read_timeout_us.store(u64::MAX, Ordering::SeqCst);
+        *self.writer_socket.lock() = writer.stream().try_clone().ok();
         *self.writer.lock() = Some(writer);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.up.store(true, Ordering::SeqCst);
@@ -105,6 +110,7 @@ impl Link {
         if let Some(w) = self.writer.lock().take() {
             let _ = w.stream().shutdown(Shutdown::Both);
         }
+        self.writer_socket.lock().take();
     }
 
     fn send(&self, message: &WireMessage) -> Result<(), TransportError> {
@@ -166,6 +172,15 @@ impl Link {
     fn reset(&self) {
         let mut slot = self.reader.lock();
         self.teardown(&mut slot);
+    }
+
+    /// Shuts the link down at once, even while a send is blocked on a dead peer (the send
+    /// then fails), then tears it down.
+    fn abort(&self) {
+        if let Some(socket) = self.writer_socket.lock().take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        self.reset();
     }
 }
 
@@ -296,6 +311,10 @@ impl ReplicationTransport for TcpPrimaryTransport {
 
     fn reset(&self) {
         self.link.reset();
+    }
+
+    fn close(&self) {
+        self.link.abort();
     }
 }
 
@@ -483,5 +502,9 @@ impl ReplicationTransport for TcpBackupTransport {
 
     fn reset(&self) {
         self.link.reset();
+    }
+
+    fn close(&self) {
+        self.link.abort();
     }
 }

@@ -26,20 +26,32 @@
 //! when its thread gets to it: the figure is an upper bound, by at most the time to read the
 //! thread's other answers (microseconds each).
 //!
+//! `-- sweep [N]` measures instead N crashes (default 20) at random instants under load:
+//! each in a fresh lab, [`SWEEP_CONNECTIONS`] connections opened at random times over
+//! [`SWEEP_OPEN_WINDOW`], each running a seeded random mix of `SET` (up to 4 kB), `GET` and
+//! `STREAM` (up to 64 kB), some busy and some calm, the crash at a random instant of
+//! [`SWEEP_CRASH_WINDOW`] after the load started. A connection's blackout is from the crash
+//! to the answer of the first request it sent after the crash; a crash's blackout is the
+//! first of them (the first byte after the crash on any connection). Printed per crash with
+//! its phases (as above), then the distribution (p50, p90, p99, max) over the sweep. The
+//! seed is printed; `CTTM_SWEEP_SEED=<n>` repeats the random choices.
+//!
 //! Needs root (namespaces, NFQUEUE, TCP_REPAIR); without it, it says so and exits 0.
-//! `cargo bench -p cttmd --bench blackout [-- 10 100]` runs only the given sizes.
+//! `cargo bench -p cttmd --bench blackout [-- 10 100]` runs only the given sizes;
+//! `cargo bench -p cttmd --bench blackout -- sweep 20` runs the sweep.
 
 /// The agents in the lab, shared with the failover tests of `cttm-tests` (which cannot be a
 /// library of cttmd's: cttmd depends on `cttm-tests`).
 #[path = "../../../tests/tests/failover_agents/mod.rs"]
 mod failover_agents;
 
-use cttm_tests::failover_lab::{FailoverLab, ServiceFamily};
+use cttm_tests::failover_lab::{FailoverLab, KvClient, ServiceFamily, kv_text};
 use cttmd::backup::BackupExit;
 use failover_agents::HEARTBEAT;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Barrier, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -93,15 +105,47 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for MarkLayer {
     }
 }
 
-/// One round's figures.
-struct Round {
-    connections: usize,
-    baseline: Duration,
+/// The phases of one takeover, from the backup's log lines (see the module documentation).
+#[derive(Clone, Copy, Debug, Default)]
+struct Phases {
     detect: Duration,
     drain: Duration,
     prepare: Duration,
     restore: Duration,
     announce: Duration,
+    /// When the takeover completed (the first announcement).
+    complete: Option<Instant>,
+}
+
+/// The phases of the takeover after a crash at `crashed_at`, from the marks recorded since
+/// they were last cleared.
+fn phases_since(crashed_at: Instant) -> Result<Phases, String> {
+    let marks = MARKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let at = |m: Mark| marks.iter().filter(move |(_, k)| *k == m).map(|(t, _)| *t);
+    let dead = at(Mark::Dead)
+        .next()
+        .ok_or("the backup never declared the primary dead")?;
+    let complete = at(Mark::Complete)
+        .next()
+        .ok_or("the takeover did not complete")?;
+    let claimed = at(Mark::Claimed).max().unwrap_or(dead);
+    let first_restored = at(Mark::Restored).min().unwrap_or(complete);
+    let last_restored = at(Mark::Restored).max().unwrap_or(complete);
+    Ok(Phases {
+        detect: dead.saturating_duration_since(crashed_at),
+        drain: claimed.saturating_duration_since(dead),
+        prepare: first_restored.saturating_duration_since(claimed),
+        restore: last_restored.saturating_duration_since(first_restored),
+        announce: complete.saturating_duration_since(last_restored),
+        complete: Some(complete),
+    })
+}
+
+/// One round's figures.
+struct Round {
+    connections: usize,
+    baseline: Duration,
+    phases: Phases,
     blackouts: Vec<Duration>,
     complete_after: Duration,
     exit: BackupExit,
@@ -251,26 +295,13 @@ fn round(connections: usize, queue: u16) -> Result<Round, String> {
     let exit = failover_agents::finish(rig)?;
     baseline.sort();
     blackouts.sort();
-    let marks = MARKS.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    let at = |m: Mark| marks.iter().filter(move |(_, k)| *k == m).map(|(t, _)| *t);
-    let dead = at(Mark::Dead)
-        .next()
-        .ok_or("the backup never declared the primary dead")?;
-    let complete = at(Mark::Complete)
-        .next()
-        .ok_or("the takeover did not complete")?;
-    let claimed = at(Mark::Claimed).max().unwrap_or(dead);
-    let first_restored = at(Mark::Restored).min().unwrap_or(complete);
-    let last_restored = at(Mark::Restored).max().unwrap_or(complete);
+    let phases = phases_since(crashed_at)?;
+    let complete = phases.complete.unwrap_or(crashed_at);
     let median = percentile(&blackouts, 0.5);
     Ok(Round {
         connections,
         baseline: percentile(&baseline, 0.5),
-        detect: dead.saturating_duration_since(crashed_at),
-        drain: claimed.saturating_duration_since(dead),
-        prepare: first_restored.saturating_duration_since(claimed),
-        restore: last_restored.saturating_duration_since(first_restored),
-        announce: complete.saturating_duration_since(last_restored),
+        phases,
         complete_after: (crashed_at + median).saturating_duration_since(complete),
         blackouts,
         exit,
@@ -285,10 +316,15 @@ fn main() {
         );
         return;
     }
-    let asked: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let asked: Vec<usize> = arguments.iter().filter_map(|a| a.parse().ok()).collect();
+    if arguments.iter().any(|a| a == "sweep") {
+        let crashes = asked.first().copied().unwrap_or(SWEEP_DEFAULT);
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(MarkLayer));
+        run_sweep(crashes);
+        return;
+    }
     let sizes: Vec<usize> = if asked.is_empty() {
         SIZES.to_vec()
     } else {
@@ -335,11 +371,11 @@ fn main() {
             "{:>6} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} {:>7.2} | {:>8} {:>6} {:>6} {:>6}",
             r.connections,
             millis(r.baseline),
-            millis(r.detect),
-            millis(r.drain),
-            millis(r.prepare),
-            millis(r.restore),
-            millis(r.announce),
+            millis(r.phases.detect),
+            millis(r.phases.drain),
+            millis(r.phases.prepare),
+            millis(r.phases.restore),
+            millis(r.phases.announce),
             millis(r.exit.takeover.unwrap_or_default()),
             millis(r.complete_after),
             millis(percentile(&r.blackouts, 0.0)),
@@ -354,5 +390,261 @@ fn main() {
     }
     println!(
         "(milliseconds; rtt: median answer time before the crash (the baseline); takeover: the backup's own figure (BackupExit::takeover, verdict to first announcement: drain + prepare + restore + announce); ended: spliced connections the backup saw close before it stopped; blackout min/median/max from the crash to the first byte; /budget: median blackout over the detection budget)"
+    );
+}
+
+/// Crashes of `-- sweep` without a number.
+const SWEEP_DEFAULT: usize = 20;
+/// Connections of the sweep's load.
+const SWEEP_CONNECTIONS: usize = 32;
+/// The sweep's connections open at random instants within this window after the load starts.
+const SWEEP_OPEN_WINDOW: Duration = Duration::from_millis(300);
+/// The crash comes at a random instant within this window after the load starts (some
+/// connections may still be opening).
+const SWEEP_CRASH_WINDOW: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_millis(800));
+/// One sweep connection in this many is busy (next request at once); the others pause
+/// 20-200 ms between requests.
+const SWEEP_BUSY_ONE_IN: u64 = 3;
+/// The sweep's requests per connection at most (with [`IO_TIMEOUT`], bounds every loop).
+const SWEEP_MAX_REQUESTS: usize = 5_000;
+/// The sweep's primary NFQUEUE queue.
+const SWEEP_QUEUE: u16 = 85;
+
+/// SplitMix64: a small, seeded generator for the sweep's random choices.
+struct SweepRng(u64);
+
+impl SweepRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
+
+    fn duration(&mut self, low: Duration, high: Duration) -> Duration {
+        Duration::from_micros(self.between(low.as_micros() as u64, high.as_micros() as u64))
+    }
+}
+
+/// One sweep connection: opens after `delay`, sends random requests (every answer checked by
+/// the oracle) until one sent after the crash is answered, then `COUNT` and `QUIT`. Returns
+/// whether it was open at the crash and its blackout.
+fn sweep_connection(
+    service: SocketAddr,
+    mut rng: SweepRng,
+    delay: Duration,
+    crashed: Arc<OnceLock<Instant>>,
+) -> Result<(bool, Duration), String> {
+    std::thread::sleep(delay);
+    let mut client = KvClient::connect(service, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let open_at_crash = crashed.get().is_none();
+    let busy = rng.between(1, SWEEP_BUSY_ONE_IN) == 1;
+    for _ in 0..SWEEP_MAX_REQUESTS {
+        let sent_after_crash = crashed.get().copied();
+        let key = rng.between(0, 7);
+        match rng.between(0, 5) {
+            0 | 1 => {
+                let len = rng.between(1, 4096) as usize;
+                client.request(&format!("SET k{key} {}", kv_text(rng.next(), len)))?;
+            }
+            2 | 3 => client.request(&format!("GET k{key}"))?,
+            _ => client.stream(rng.between(1, 64 << 10), rng.next(), &AtomicUsize::new(0))?,
+        }
+        if let Some(crashed_at) = sent_after_crash {
+            let blackout = crashed_at.elapsed();
+            client.finish()?;
+            return Ok((open_at_crash, blackout));
+        }
+        if !busy {
+            std::thread::sleep(rng.duration(Duration::from_millis(20), Duration::from_millis(200)));
+        }
+    }
+    Err(format!("no crash within {SWEEP_MAX_REQUESTS} requests"))
+}
+
+/// One crash of the sweep.
+struct SweepCrash {
+    crash_delay: Duration,
+    open_at_crash: usize,
+    /// The connections' blackouts, sorted.
+    blackouts: Vec<Duration>,
+    phases: Phases,
+    exit: BackupExit,
+    failed: Vec<String>,
+}
+
+fn sweep_crash(rng: &mut SweepRng) -> Result<SweepCrash, String> {
+    let lab = FailoverLab::new("bsw", ServiceFamily::V4).map_err(|e| e.to_string())?;
+    let mut rig = failover_agents::start(lab, SWEEP_QUEUE).map_err(|e| e.to_string())?;
+    let service = rig.lab.service();
+    let crashed = Arc::new(OnceLock::new());
+    let crash_delay = rng.duration(SWEEP_CRASH_WINDOW.0, SWEEP_CRASH_WINDOW.1);
+    let clients: Vec<_> = (0..SWEEP_CONNECTIONS)
+        .map(|_| {
+            let connection_rng = SweepRng(rng.next());
+            let delay = rng.duration(Duration::ZERO, SWEEP_OPEN_WINDOW);
+            let crashed = crashed.clone();
+            rig.lab
+                .client
+                .spawn(move || sweep_connection(service, connection_rng, delay, crashed))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    std::thread::sleep(crash_delay);
+    MARKS.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    rig.lab
+        .lab()
+        .cut(&rig.lab.primary)
+        .map_err(|e| e.to_string())?;
+    let crashed_at = Instant::now();
+    let _ = crashed.set(crashed_at);
+    // The rest of the crash: the agent stops, the daemon's sockets close into the void.
+    let crash_result = failover_agents::crash(&mut rig);
+    let mut blackouts = Vec::new();
+    let mut failed = Vec::new();
+    let mut open_at_crash = 0;
+    for c in clients {
+        match c.join() {
+            Ok(Ok((open, blackout))) => {
+                open_at_crash += usize::from(open);
+                blackouts.push(blackout);
+            }
+            Ok(Err(e)) => failed.push(e),
+            Err(_) => failed.push("a client thread panicked".into()),
+        }
+    }
+    let exit = failover_agents::finish(rig)?;
+    crash_result?;
+    blackouts.sort();
+    Ok(SweepCrash {
+        crash_delay,
+        open_at_crash,
+        blackouts,
+        phases: phases_since(crashed_at)?,
+        exit,
+        failed,
+    })
+}
+
+/// `p50 / p90 / p99 / max` of `values` in milliseconds.
+fn distribution(mut values: Vec<Duration>) -> String {
+    values.sort();
+    format!(
+        "{:>7.1} {:>7.1} {:>7.1} {:>7.1}",
+        millis(percentile(&values, 0.5)),
+        millis(percentile(&values, 0.9)),
+        millis(percentile(&values, 0.99)),
+        millis(percentile(&values, 1.0))
+    )
+}
+
+fn run_sweep(crashes: usize) {
+    let seed = std::env::var("CTTM_SWEEP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!(
+        "blackout sweep: {crashes} crashes, sync mode, {SWEEP_CONNECTIONS} connections, crash {}..{} ms after the load starts, heartbeat {} ms x {} misses, seed {seed} (CTTM_SWEEP_SEED)",
+        SWEEP_CRASH_WINDOW.0.as_millis(),
+        SWEEP_CRASH_WINDOW.1.as_millis(),
+        HEARTBEAT.interval.as_millis(),
+        HEARTBEAT.misses
+    );
+    println!(
+        "{:>5} {:>6} {:>5} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} | {:>8} {:>6} {:>6}",
+        "crash",
+        "at ms",
+        "open",
+        "first",
+        "median",
+        "max",
+        "detect",
+        "drain",
+        "prepare",
+        "restore",
+        "announce",
+        "takeover",
+        "restored",
+        "reset",
+        "failed"
+    );
+    let mut rng = SweepRng(seed);
+    let mut done = Vec::new();
+    for index in 0..crashes {
+        let mut crash_rng = SweepRng(rng.next());
+        match sweep_crash(&mut crash_rng) {
+            Ok(c) => {
+                println!(
+                    "{index:>5} {:>6} {:>5} | {:>7.1} {:>7.1} {:>7.1} | {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>8} {:>6} {:>6}",
+                    c.crash_delay.as_millis(),
+                    c.open_at_crash,
+                    millis(percentile(&c.blackouts, 0.0)),
+                    millis(percentile(&c.blackouts, 0.5)),
+                    millis(percentile(&c.blackouts, 1.0)),
+                    millis(c.phases.detect),
+                    millis(c.phases.drain),
+                    millis(c.phases.prepare),
+                    millis(c.phases.restore),
+                    millis(c.phases.announce),
+                    millis(c.exit.takeover.unwrap_or_default()),
+                    c.exit.restored.len(),
+                    c.exit.reset.len(),
+                    c.failed.len()
+                );
+                for f in &c.failed {
+                    println!("      failed: {f}");
+                }
+                done.push(c);
+            }
+            Err(e) => println!("{index:>5} the crash round failed: {e}"),
+        }
+    }
+    let phase = |f: fn(&SweepCrash) -> Duration| distribution(done.iter().map(f).collect());
+    println!(
+        "blackout sweep: {} of {crashes} crashes measured, {} connections failed; distribution over the crashes (ms):",
+        done.len(),
+        done.iter().map(|c| c.failed.len()).sum::<usize>()
+    );
+    println!(
+        "{:<34} {:>7} {:>7} {:>7} {:>7}",
+        "", "p50", "p90", "p99", "max"
+    );
+    println!(
+        "{:<34} {}",
+        "blackout (first byte after crash)",
+        phase(|c| percentile(&c.blackouts, 0.0))
+    );
+    println!(
+        "{:<34} {}",
+        "blackout, every connection",
+        distribution(
+            done.iter()
+                .flat_map(|c| c.blackouts.iter().copied())
+                .collect()
+        )
+    );
+    println!("{:<34} {}", "detect", phase(|c| c.phases.detect));
+    println!("{:<34} {}", "drain", phase(|c| c.phases.drain));
+    println!("{:<34} {}", "prepare", phase(|c| c.phases.prepare));
+    println!("{:<34} {}", "restore", phase(|c| c.phases.restore));
+    println!("{:<34} {}", "announce", phase(|c| c.phases.announce));
+    println!(
+        "{:<34} {}",
+        "takeover (backup's own figure)",
+        phase(|c| c.exit.takeover.unwrap_or_default())
+    );
+    println!(
+        "(a connection's blackout: crash -> the answer to its first request sent after the crash; phases as in the rounds' table)"
     );
 }

@@ -153,6 +153,10 @@ pub struct BackupExit {
     pub ended: Vec<(ConnectionId, Option<String>)>,
     /// Connections still spliced when the agent stopped.
     pub still_spliced: usize,
+    /// Restored connections whose client had never received the SYN-ACK (it sent its SYN
+    /// again): withdrawn silently, so that its next SYN opened them afresh on the standby
+    /// daemon (they are no longer in `restored`).
+    pub handshake_restarted: Vec<ConnectionId>,
 }
 
 /// Why the backup agent could not run.
@@ -473,6 +477,12 @@ fn serve(
         let mut changed = !ended.is_empty();
         if let Some(w) = &mut watch {
             w.observe(&mut splices);
+            for id in splices.take_unborn() {
+                tracing::info!(connection = %id, "the client never received the SYN-ACK: restored socket withdrawn, its next SYN opens the connection afresh");
+                exit.restored.retain(|r| *r != id);
+                exit.handshake_restarted.push(id);
+                changed = true;
+            }
             for (id, seq, reason) in splices.take_lost(AHEAD_GRACE) {
                 match watch::send_reset(&id, seq) {
                     Ok(()) => tracing::warn!(connection = %id, %reason, "connection lost: reset"),

@@ -15,7 +15,7 @@ use cttm_core::endpoint::ConnectionId;
 use cttm_core::seq::SeqNumber;
 use cttm_core::snapshot::TcpState;
 use cttm_core::wire::SegmentRepr;
-use cttm_restore::repair::{FrozenConnection, restore_connection};
+use cttm_restore::repair::{FrozenConnection, close_in_repair, restore_connection};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -156,6 +156,8 @@ pub(crate) struct Splice {
     client_acked: Option<(u64, u16)>,
     /// When the restore began (capture clock: microseconds since the Unix epoch).
     restored_at: cttm_core::time::Instant,
+    /// The client sent its SYN again after the restore: it never got the SYN-ACK.
+    client_in_syn_sent: bool,
 }
 
 /// Evidence that the client is ahead of the restored socket: it acknowledged server bytes
@@ -232,6 +234,7 @@ impl Splice {
             ahead: None,
             client_acked: None,
             restored_at: start.restored_at,
+            client_in_syn_sent: false,
         };
         splice
             .to_client
@@ -354,6 +357,17 @@ impl Splice {
         captured: cttm_core::time::Instant,
         now: std::time::Instant,
     ) {
+        if segment.flags.syn() && !segment.flags.ack() {
+            // The client's own SYN (its ISN is one before the client stream's base), sent
+            // after the restore: it is still in SYN-SENT. Sync mode held the SYN-ACK until
+            // the backup held the handshake, and the primary died before releasing it. A
+            // client in SYN-SENT drops every segment without SYN (RFC 9293 §3.10.7.3), so the
+            // restored socket (established) can never reach it: see `take_unborn`.
+            if captured >= self.restored_at && segment.seq.add(1) == self.client_base {
+                self.client_in_syn_sent = true;
+            }
+            return;
+        }
         if segment.flags.rst() || !segment.flags.ack() {
             return;
         }
@@ -641,6 +655,30 @@ impl SpliceSet {
         if let Some(splice) = self.splices.get_mut(&id) {
             splice.observe(segment, captured, now);
         }
+    }
+
+    /// Removes the connections whose client turned out never to have received the SYN-ACK
+    /// (it sent its SYN again after the restore). Each restored socket is closed silently
+    /// in repair mode (no FIN, no RST) and its shadow session closed: the client's next
+    /// SYN retransmission (RFC 6298 §5: after its retransmission timeout) then reaches the
+    /// standby daemon's listener and opens the connection afresh there. No byte was ever
+    /// exchanged on it (a client in SYN-SENT has sent no data), so nothing is lost.
+    pub(crate) fn take_unborn(&mut self) -> Vec<ConnectionId> {
+        let unborn: Vec<ConnectionId> = self
+            .splices
+            .values()
+            .filter(|s| s.client_in_syn_sent)
+            .map(|s| s.id)
+            .collect();
+        for id in &unborn {
+            if let Some(splice) = self.splices.remove(id) {
+                if let Err(e) = close_in_repair(splice.client) {
+                    tracing::warn!(connection = %id, error = %e, "closing the restored socket silently failed");
+                }
+                drop(splice.standby);
+            }
+        }
+        unborn
     }
 
     /// Removes (closing both sockets with a reset) the connections that cannot continue
