@@ -37,6 +37,7 @@
 //! when the capture ends, or when the connection closed (a closed connection's state is
 //! frozen at the segment that closed it).
 
+use crate::rng::{SplitMix64, mix64};
 use cttm_core::event::{CloseHow, Side};
 use cttm_core::snapshot::{NegotiatedOptions, RepairWindow, TcpState, WindowScale};
 use cttm_core::wire::{TcpFlags, TcpOptions, TcpTimestamps, emit_frame};
@@ -340,7 +341,7 @@ pub const SERVICE_V6: SocketAddr = SocketAddr::new(
 
 /// Generates a capture: deterministic per `(config, seed)`.
 pub fn generate(config: &GeneratorConfig, seed: u64) -> GeneratedCapture {
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let connections = config.connections.max(1);
     let budget = (config.target_frames / connections).max(8);
     let mut frames: Vec<(Instant, usize, LinkType, Vec<u8>)> =
@@ -457,44 +458,17 @@ pub fn conversation_strategy(
 // ---------------------------------------------------------------------------------------------
 // Random numbers: SplitMix64, fast and deterministic (no dependency).
 
-#[derive(Clone, Debug)]
-struct Rng(u64);
+type Rng = SplitMix64;
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `0..n` (0 when `n == 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// The generator of a conversation's `seed`.
+fn seeded(seed: u64) -> Rng {
+    SplitMix64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B)
 }
 
 /// Byte `offset` of a stream identified by `seed` (computed on demand, so long streams cost
 /// nothing until sent).
 fn stream_bytes(seed: u64, from: u64, len: usize) -> Vec<u8> {
-    let word = |w: u64| mix(seed ^ w.wrapping_mul(0x2545_F491_4F6C_DD1D)).to_le_bytes();
+    let word = |w: u64| mix64(seed ^ w.wrapping_mul(0x2545_F491_4F6C_DD1D)).to_le_bytes();
     let mut out = Vec::with_capacity(len + 16);
     let end = from + len as u64;
     let mut w = from >> 3;
@@ -896,7 +870,7 @@ impl Simulation {
         faults_config: &FaultConfig,
         seed: u64,
     ) -> Self {
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         let (client_addr, server_addr) = if ipv6 {
             let ip = Ipv6Addr::new(
                 0x2001,

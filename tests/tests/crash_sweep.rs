@@ -43,6 +43,7 @@ mod failover_agents;
 
 use cttm_tests::failover_lab::{FailoverLab, KvClient, ServiceFamily, kv_text};
 use cttm_tests::lab::kernel_tests_enabled;
+use cttm_tests::rng::SplitMix64;
 use cttmd::backup::BackupExit;
 use cttmd::options::CommitMode;
 use cttmd::primary::PrimaryStatus;
@@ -106,30 +107,6 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// SplitMix64: a small, seeded, reproducible generator (no dependency needed).
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn duration(&mut self, low: Duration, high: Duration) -> Duration {
-        let micros = self.between(low.as_micros() as u64, high.as_micros() as u64);
-        Duration::from_micros(micros)
-    }
-}
-
 /// The sweep's seed: `CTTM_SWEEP_SEED`, or the clock.
 fn sweep_seed() -> u64 {
     std::env::var("CTTM_SWEEP_SEED")
@@ -190,20 +167,20 @@ fn connect(service: SocketAddr, failures: &mut Vec<String>) -> Option<KvClient> 
 }
 
 /// One random request of the load, checked by the oracle.
-fn random_request(client: &mut KvClient, rng: &mut Rng) -> Result<(), String> {
-    let key = rng.between(0, KEYS - 1);
-    match rng.between(0, 9) {
+fn random_request(client: &mut KvClient, rng: &mut SplitMix64) -> Result<(), String> {
+    let key = rng.range(0, KEYS - 1);
+    match rng.range(0, 9) {
         0..=2 => {
-            let len = rng.between(1, MAX_VALUE as u64) as usize;
-            client.request(&format!("SET k{key} {}", kv_text(rng.next(), len)))
+            let len = rng.range(1, MAX_VALUE as u64) as usize;
+            client.request(&format!("SET k{key} {}", kv_text(rng.next_u64(), len)))
         }
         3 | 4 => client.request(&format!("GET k{key}")),
-        5 => client.request(&format!("INCR n{key} {}", rng.between(0, 1000))),
+        5 => client.request(&format!("INCR n{key} {}", rng.range(0, 1000))),
         6 | 7 => {
-            let len = rng.between(1, MAX_STREAM);
-            client.stream(len, rng.next(), &AtomicUsize::new(0))
+            let len = rng.range(1, MAX_STREAM);
+            client.stream(len, rng.next_u64(), &AtomicUsize::new(0))
         }
-        8 => client.request(&format!("ECHO {}", kv_text(rng.next(), 64))),
+        8 => client.request(&format!("ECHO {}", kv_text(rng.next_u64(), 64))),
         _ => client.request("PING"),
     }
 }
@@ -212,7 +189,7 @@ fn random_request(client: &mut KvClient, rng: &mut Rng) -> Result<(), String> {
 /// [`OPS_AFTER_CRASH`] answers to requests sent after the crash, then `COUNT` and `QUIT`.
 fn run_connection(
     service: SocketAddr,
-    mut rng: Rng,
+    mut rng: SplitMix64,
     delay: Duration,
     crashed: Arc<OnceLock<Instant>>,
 ) -> ConnectionReport {
@@ -243,7 +220,7 @@ fn run_connection(
         report.result = Err(format!("socket timeouts: {e}"));
         return report;
     }
-    let think = if rng.between(1, BUSY_ONE_IN) == 1 {
+    let think = if rng.range(1, BUSY_ONE_IN) == 1 {
         BUSY_THINK
     } else {
         CALM_THINK
@@ -336,7 +313,7 @@ fn one_crash(
     mode: CommitMode,
     tag: &str,
     queue: u16,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
 ) -> Result<CrashOutcome, String> {
     let lab = FailoverLab::new(tag, ServiceFamily::V4).map_err(|e| format!("lab: {e}"))?;
     let (mut rig, watchers): (Rig, _) =
@@ -346,7 +323,7 @@ fn one_crash(
     let crash_delay = rng.duration(CRASH_WINDOW.0, CRASH_WINDOW.1);
     let clients: Vec<JoinHandle<ConnectionReport>> = (0..CONNECTIONS)
         .map(|_| {
-            let connection_rng = Rng(rng.next());
+            let connection_rng = SplitMix64::new(rng.next_u64());
             let delay = rng.duration(Duration::ZERO, OPEN_WINDOW);
             let crashed = crashed.clone();
             rig.lab
@@ -407,11 +384,11 @@ fn sweep(
         CRASH_WINDOW.1.as_millis()
     );
     let started = Instant::now();
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for index in 0..crashes {
-        let mut crash_rng = Rng(rng.next());
+        let mut crash_rng = SplitMix64::new(rng.next_u64());
         let crash_started = Instant::now();
         match one_crash(mode, tag, queue, &mut crash_rng) {
             Ok(outcome) => {

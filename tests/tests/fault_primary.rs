@@ -33,14 +33,14 @@ use cttm_capture::pcap::PcapFileReader;
 use cttm_core::ConnectionId;
 use cttm_core::wire::parse_frame;
 use cttm_tests::failover_lab::{
-    FailoverLab, KvClient, REPLICATION_KEY, SERVICE_PORT, ServiceFamily, kv_text, wait_until,
+    FailoverLab, KvClient, SERVICE_PORT, ServiceFamily, kv_text, wait_until,
 };
 use cttm_tests::lab::{Netns, kernel_tests_enabled};
 use cttmd::backup::run_backup_observed;
 use cttmd::observe::{AgentRole, AgentView, CommitState, Observer, ProtectionState};
-use cttmd::options::{BackupOptions, CommitMode, ObserveOptions, PrimaryOptions, ProbeOptions};
+use cttmd::options::{CommitMode, PrimaryOptions};
 use cttmd::primary::{PrimaryMonitor, run_primary_monitored};
-use failover_agents::{HEARTBEAT, crash, finish, start_observed};
+use failover_agents::{crash, finish, start_observed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,39 +78,48 @@ impl Drop for TempDir {
     }
 }
 
-/// The backup agent's options as the rig gives them.
-fn backup_options(lab: &FailoverLab) -> BackupOptions {
-    BackupOptions {
-        services: vec![lab.service()],
-        service_prefix_len: lab.service_prefix_len(),
-        interface: "eth0".into(),
-        listen: lab.replication(),
-        key: REPLICATION_KEY,
-        standby: lab.standby(),
-        heartbeat: HEARTBEAT,
-        announce_count: 3,
-        probe: ProbeOptions::DEFAULT,
-        fence: None,
-        observe: ObserveOptions::default(),
+/// The primary agent's options as the rig gives them, degrading after [`DEGRADE_AFTER`].
+fn primary_options(lab: &FailoverLab, queue: u16) -> PrimaryOptions {
+    PrimaryOptions {
+        degrade_after: DEGRADE_AFTER,
+        ..failover_agents::primary_options(lab, CommitMode::Sync, queue)
     }
 }
 
-/// The primary agent's options as the rig gives them.
-fn primary_options(lab: &FailoverLab, queue: u16) -> PrimaryOptions {
-    PrimaryOptions {
-        services: vec![lab.service()],
-        interface: "eth0".into(),
-        backup: lab.replication(),
-        key: REPLICATION_KEY,
-        mode: CommitMode::Sync,
-        heartbeat: HEARTBEAT,
-        retention_limit: 64 << 20,
-        queue,
-        degrade_after: DEGRADE_AFTER,
-        probe: ProbeOptions::DEFAULT,
-        observe: ObserveOptions::default(),
-        capture_file: None,
+/// Client `c`'s new kvd connection after 10 checked `ECHO` rounds.
+fn warmed_client(lab: &FailoverLab, c: usize) -> KvClient {
+    let service = lab.service();
+    let mut client = lab
+        .client
+        .run(|| KvClient::connect(service, Duration::from_secs(5)))
+        .expect("in the client namespace")
+        .expect("connect");
+    for round in 0..10 {
+        client
+            .request(&format!("ECHO {c} {round} {}", kv_text(round, 50)))
+            .expect("answered before the fault");
     }
+    client
+}
+
+/// A new kvd connection from the client host that answered `PING`, and checked to be
+/// served by `host` (`ss` lists it there); `what` names it in failures.
+fn new_client_served_by(lab: &FailoverLab, host: &Netns, what: &str) -> KvClient {
+    let service = lab.service();
+    let mut client = lab
+        .client
+        .run(|| KvClient::connect(service, Duration::from_secs(5)))
+        .expect("in the client namespace")
+        .unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+    client
+        .request("PING")
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let served = service_connections(host);
+    assert!(
+        lists_client(&served, client.local().expect("local address")),
+        "{what}: served by the expected host: {served}"
+    );
+    client
 }
 
 /// True when `host`'s `eth0` carries `address`.
@@ -334,7 +343,10 @@ fn backup_death_degrades_and_the_service_continues() {
     // A new backup agent: the primary resynchronises and holds again.
     let new_backup = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
     let agent = {
-        let (options, observer) = (backup_options(&rig.lab), new_backup.clone());
+        let (options, observer) = (
+            failover_agents::backup_options(&rig.lab),
+            new_backup.clone(),
+        );
         rig.lab
             .spawn_agent(&rig.lab.backup, move |stop| {
                 run_backup_observed(options, stop, observer)
@@ -453,17 +465,7 @@ fn a_returning_primary_does_not_serve() {
     // Connections with traffic before the crash; they stay open across it.
     let mut clients: Vec<KvClient> = (0..CLIENTS)
         .map(|c| {
-            let mut client = rig
-                .lab
-                .client
-                .run(|| KvClient::connect(service, Duration::from_secs(5)))
-                .expect("in the client namespace")
-                .expect("connect");
-            for round in 0..10 {
-                client
-                    .request(&format!("ECHO {c} {round} {}", kv_text(round, 50)))
-                    .expect("answered before the crash");
-            }
+            let mut client = warmed_client(&rig.lab, c);
             client.request(&format!("SET mine {c}")).expect("answered");
             client
         })
@@ -553,19 +555,8 @@ fn a_returning_primary_does_not_serve() {
             .request(&format!("ECHO back {c} {}", kv_text(c as u64, 80)))
             .unwrap_or_else(|e| panic!("connection {c} beside the returning primary: {e}"));
     }
-    let mut fresh = rig
-        .lab
-        .client
-        .run(|| KvClient::connect(service, Duration::from_secs(5)))
-        .expect("in the client namespace")
-        .expect("a new connection to the service");
-    fresh.request("PING").expect("answered");
+    let fresh = new_client_served_by(&rig.lab, &rig.lab.backup, "a new connection");
     let fresh_address = fresh.local().expect("local address");
-    let on_backup = service_connections(&rig.lab.backup);
-    assert!(
-        lists_client(&on_backup, fresh_address),
-        "the new connection is served by the backup: {on_backup}"
-    );
     let on_primary = service_connections(&rig.lab.primary);
     assert!(
         !lists_client(&on_primary, fresh_address),
@@ -626,18 +617,7 @@ fn a_returning_primary_does_not_serve() {
         "the rejoin succeeds once no other host serves the address: {:?}",
         view()
     );
-    let mut back = rig
-        .lab
-        .client
-        .run(|| KvClient::connect(service, Duration::from_secs(5)))
-        .expect("in the client namespace")
-        .expect("a connection to the rejoined primary");
-    back.request("PING").expect("answered");
-    let on_primary = service_connections(&rig.lab.primary);
-    assert!(
-        lists_client(&on_primary, back.local().expect("local address")),
-        "the rejoined primary serves it: {on_primary}"
-    );
+    let back = new_client_served_by(&rig.lab, &rig.lab.primary, "after the rejoin");
     back.finish().expect("the connection completes");
     server.join().expect("kvd thread");
 
@@ -687,22 +667,7 @@ fn a_partitioned_primary_stops_serving_when_it_finds_the_address_served_elsewher
     let service_ip = service.ip().to_string();
     let view = || watchers.primary.observer().view();
 
-    let mut clients: Vec<KvClient> = (0..2)
-        .map(|c| {
-            let mut client = rig
-                .lab
-                .client
-                .run(|| KvClient::connect(service, Duration::from_secs(5)))
-                .expect("in the client namespace")
-                .expect("connect");
-            for round in 0..10 {
-                client
-                    .request(&format!("ECHO {c} {round} {}", kv_text(round, 60)))
-                    .expect("answered before the partition");
-            }
-            client
-        })
-        .collect();
+    let mut clients: Vec<KvClient> = (0..2).map(|c| warmed_client(&rig.lab, c)).collect();
 
     // A partition, not a crash: the primary host is cut off both networks, its agent and
     // its daemon keep running. The backup, hearing nothing and getting no answer to its
@@ -773,18 +738,7 @@ fn a_partitioned_primary_stops_serving_when_it_finds_the_address_served_elsewher
             .request(&format!("ECHO healed {c} {}", kv_text(100 + c as u64, 70)))
             .unwrap_or_else(|e| panic!("connection {c} after the partition healed: {e}"));
     }
-    let mut fresh = rig
-        .lab
-        .client
-        .run(|| KvClient::connect(service, Duration::from_secs(5)))
-        .expect("in the client namespace")
-        .expect("a new connection");
-    fresh.request("PING").expect("answered");
-    let on_backup = service_connections(&rig.lab.backup);
-    assert!(
-        lists_client(&on_backup, fresh.local().expect("local address")),
-        "the new connection is served by the backup: {on_backup}"
-    );
+    let fresh = new_client_served_by(&rig.lab, &rig.lab.backup, "a new connection");
     fresh.finish().expect("the new connection completes");
     for (c, client) in clients.into_iter().enumerate() {
         client

@@ -125,6 +125,19 @@ fn carries(host: &Netns, address: IpAddr) -> bool {
     out.contains(&format!(" {address}/"))
 }
 
+/// Crashes the primary and waits for the backup's takeover (its view: serving, one
+/// takeover).
+fn crash_and_take_over(rig: &mut failover_agents::Rig, backup: &Observer) {
+    crash(rig).expect("crash the primary");
+    let serving = wait_for_view(backup, |v| v.role == AgentRole::Serving);
+    assert_eq!(
+        serving.role,
+        AgentRole::Serving,
+        "no takeover after the crash: {serving:?}"
+    );
+    assert_eq!(serving.counters.takeovers, 1, "{serving:?}");
+}
+
 /// Waits (bounded) until the backup's view satisfies `done`; returns the last view.
 fn wait_for_view(observer: &Observer, mut done: impl FnMut(&AgentView) -> bool) -> AgentView {
     let mut last = observer.view();
@@ -289,14 +302,7 @@ fn replication_link_cut_without_crash_is_no_takeover() {
     );
 
     // Now the primary really crashes: the backup takes over.
-    crash(&mut rig).expect("crash the primary");
-    let serving = wait_for_view(&watchers.backup, |v| v.role == AgentRole::Serving);
-    assert_eq!(
-        serving.role,
-        AgentRole::Serving,
-        "no takeover after the crash: {serving:?}"
-    );
-    assert_eq!(serving.counters.takeovers, 1, "{serving:?}");
+    crash_and_take_over(&mut rig, &watchers.backup);
     assert!(
         carries(&rig.lab.backup, address),
         "the backup does not carry {address}"
@@ -527,14 +533,7 @@ fn returning_heartbeats_resume_protection() {
         "{protected:?}"
     );
 
-    crash(&mut rig).expect("crash the primary");
-    let serving = wait_for_view(&watchers.backup, |v| v.role == AgentRole::Serving);
-    assert_eq!(
-        serving.role,
-        AgentRole::Serving,
-        "no takeover after the crash: {serving:?}"
-    );
-    assert_eq!(serving.counters.takeovers, 1, "{serving:?}");
+    crash_and_take_over(&mut rig, &watchers.backup);
     let idle_results = resume_idle(idle);
     let exit = finish(rig).expect("the backup agent");
     println!(

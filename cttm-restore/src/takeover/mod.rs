@@ -26,10 +26,9 @@
 pub mod frames;
 mod packet_socket;
 pub mod probe;
-mod probe_socket;
 mod rtnetlink;
 
-use packet_socket::PacketSender;
+use packet_socket::PacketSocket;
 use rtnetlink::{NetlinkFailure, RouteSocket};
 use std::io;
 use std::net::IpAddr;
@@ -214,7 +213,7 @@ pub struct NetlinkTakeover {
     index: u32,
     mac: [u8; 6],
     route: RouteSocket,
-    packets: PacketSender,
+    packets: PacketSocket,
     announce: AnnounceConfig,
 }
 
@@ -247,14 +246,15 @@ impl NetlinkTakeover {
         let mac = link.mac.ok_or_else(|| OpenError::NoHardwareAddress {
             interface: interface.to_string(),
         })?;
-        let packets =
-            PacketSender::bind(link.index).map_err(|source| match source.raw_os_error() {
+        let packets = PacketSocket::bind(link.index, 0, &[]).map_err(|source| {
+            match source.raw_os_error() {
                 Some(libc::EPERM | libc::EACCES) => permission("an AF_PACKET socket"),
                 _ => OpenError::PacketSocket {
                     interface: interface.to_string(),
                     source,
                 },
-            })?;
+            }
+        })?;
         Ok(NetlinkTakeover {
             interface: interface.to_string(),
             index: link.index,

@@ -15,7 +15,7 @@
 //! wait (a holder that is down, cut off, or too slow to answer looks the same).
 
 use super::frames;
-use super::probe_socket::ProbeSocket;
+use super::packet_socket::PacketSocket;
 use super::rtnetlink::{NetlinkFailure, RouteSocket};
 use std::io;
 use std::net::IpAddr;
@@ -98,8 +98,8 @@ pub enum ProbeError {
 pub struct AddressProbe {
     interface: String,
     mac: [u8; 6],
-    arp: ProbeSocket,
-    ndp: ProbeSocket,
+    arp: PacketSocket,
+    ndp: PacketSocket,
     buffer: Vec<u8>,
 }
 
@@ -126,8 +126,8 @@ impl AddressProbe {
             ))
         })?;
         let arp =
-            ProbeSocket::bind(link.index, libc::ETH_P_ARP as u16, &[]).map_err(socket_error)?;
-        let ndp = ProbeSocket::bind(
+            PacketSocket::bind(link.index, libc::ETH_P_ARP as u16, &[]).map_err(socket_error)?;
+        let ndp = PacketSocket::bind(
             link.index,
             libc::ETH_P_IPV6 as u16,
             &neighbour_advertisement_filter(),

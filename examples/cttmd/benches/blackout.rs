@@ -46,6 +46,7 @@
 mod failover_agents;
 
 use cttm_tests::failover_lab::{FailoverLab, KvClient, ServiceFamily, kv_text};
+use cttm_tests::rng::SplitMix64;
 use cttmd::backup::BackupExit;
 use failover_agents::HEARTBEAT;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -411,51 +412,29 @@ const SWEEP_MAX_REQUESTS: usize = 5_000;
 /// The sweep's primary NFQUEUE queue.
 const SWEEP_QUEUE: u16 = 85;
 
-/// SplitMix64: a small, seeded generator for the sweep's random choices.
-struct SweepRng(u64);
-
-impl SweepRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn duration(&mut self, low: Duration, high: Duration) -> Duration {
-        Duration::from_micros(self.between(low.as_micros() as u64, high.as_micros() as u64))
-    }
-}
-
 /// One sweep connection: opens after `delay`, sends random requests (every answer checked by
 /// the oracle) until one sent after the crash is answered, then `COUNT` and `QUIT`. Returns
 /// whether it was open at the crash and its blackout.
 fn sweep_connection(
     service: SocketAddr,
-    mut rng: SweepRng,
+    mut rng: SplitMix64,
     delay: Duration,
     crashed: Arc<OnceLock<Instant>>,
 ) -> Result<(bool, Duration), String> {
     std::thread::sleep(delay);
     let mut client = KvClient::connect(service, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     let open_at_crash = crashed.get().is_none();
-    let busy = rng.between(1, SWEEP_BUSY_ONE_IN) == 1;
+    let busy = rng.range(1, SWEEP_BUSY_ONE_IN) == 1;
     for _ in 0..SWEEP_MAX_REQUESTS {
         let sent_after_crash = crashed.get().copied();
-        let key = rng.between(0, 7);
-        match rng.between(0, 5) {
+        let key = rng.range(0, 7);
+        match rng.range(0, 5) {
             0 | 1 => {
-                let len = rng.between(1, 4096) as usize;
-                client.request(&format!("SET k{key} {}", kv_text(rng.next(), len)))?;
+                let len = rng.range(1, 4096) as usize;
+                client.request(&format!("SET k{key} {}", kv_text(rng.next_u64(), len)))?;
             }
             2 | 3 => client.request(&format!("GET k{key}"))?,
-            _ => client.stream(rng.between(1, 64 << 10), rng.next(), &AtomicUsize::new(0))?,
+            _ => client.stream(rng.range(1, 64 << 10), rng.next_u64(), &AtomicUsize::new(0))?,
         }
         if let Some(crashed_at) = sent_after_crash {
             let blackout = crashed_at.elapsed();
@@ -480,7 +459,7 @@ struct SweepCrash {
     failed: Vec<String>,
 }
 
-fn sweep_crash(rng: &mut SweepRng) -> Result<SweepCrash, String> {
+fn sweep_crash(rng: &mut SplitMix64) -> Result<SweepCrash, String> {
     let lab = FailoverLab::new("bsw", ServiceFamily::V4).map_err(|e| e.to_string())?;
     let mut rig = failover_agents::start(lab, SWEEP_QUEUE).map_err(|e| e.to_string())?;
     let service = rig.lab.service();
@@ -488,7 +467,7 @@ fn sweep_crash(rng: &mut SweepRng) -> Result<SweepCrash, String> {
     let crash_delay = rng.duration(SWEEP_CRASH_WINDOW.0, SWEEP_CRASH_WINDOW.1);
     let clients: Vec<_> = (0..SWEEP_CONNECTIONS)
         .map(|_| {
-            let connection_rng = SweepRng(rng.next());
+            let connection_rng = SplitMix64::new(rng.next_u64());
             let delay = rng.duration(Duration::ZERO, SWEEP_OPEN_WINDOW);
             let crashed = crashed.clone();
             rig.lab
@@ -579,10 +558,10 @@ fn run_sweep(crashes: usize) {
         "reset",
         "failed"
     );
-    let mut rng = SweepRng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut done = Vec::new();
     for index in 0..crashes {
-        let mut crash_rng = SweepRng(rng.next());
+        let mut crash_rng = SplitMix64::new(rng.next_u64());
         match sweep_crash(&mut crash_rng) {
             Ok(c) => {
                 println!(

@@ -43,6 +43,41 @@ pub(crate) fn start_in_mode(
     start_observed(lab, mode, queue, |_, _| {}).map(|(rig, _)| rig)
 }
 
+/// The backup agent's options in `lab`, as the rig starts it.
+pub(crate) fn backup_options(lab: &FailoverLab) -> BackupOptions {
+    BackupOptions {
+        services: vec![lab.service()],
+        service_prefix_len: lab.service_prefix_len(),
+        interface: "eth0".into(),
+        listen: lab.replication(),
+        key: REPLICATION_KEY,
+        standby: lab.standby(),
+        heartbeat: HEARTBEAT,
+        announce_count: 3,
+        probe: ProbeOptions::DEFAULT,
+        fence: None,
+        observe: ObserveOptions::default(),
+    }
+}
+
+/// The primary agent's options in `lab`, as the rig starts it.
+pub(crate) fn primary_options(lab: &FailoverLab, mode: CommitMode, queue: u16) -> PrimaryOptions {
+    PrimaryOptions {
+        services: vec![lab.service()],
+        interface: "eth0".into(),
+        backup: lab.replication(),
+        key: REPLICATION_KEY,
+        mode,
+        heartbeat: HEARTBEAT,
+        retention_limit: 64 << 20,
+        queue,
+        degrade_after: DEFAULT_DEGRADE_AFTER,
+        probe: ProbeOptions::DEFAULT,
+        observe: ObserveOptions::default(),
+        capture_file: None,
+    }
+}
+
 /// What the operator (and a test) can see of the running agents.
 #[derive(Clone, Debug)]
 pub(crate) struct Watchers {
@@ -60,33 +95,8 @@ pub(crate) fn start_observed(
     queue: u16,
     customize: impl FnOnce(&mut PrimaryOptions, &mut BackupOptions),
 ) -> Result<(Rig, Watchers), LabError> {
-    let mut backup_options = BackupOptions {
-        services: vec![lab.service()],
-        service_prefix_len: lab.service_prefix_len(),
-        interface: "eth0".into(),
-        listen: lab.replication(),
-        key: REPLICATION_KEY,
-        standby: lab.standby(),
-        heartbeat: HEARTBEAT,
-        announce_count: 3,
-        probe: ProbeOptions::DEFAULT,
-        fence: None,
-        observe: ObserveOptions::default(),
-    };
-    let mut primary_options = PrimaryOptions {
-        services: vec![lab.service()],
-        interface: "eth0".into(),
-        backup: lab.replication(),
-        key: REPLICATION_KEY,
-        mode,
-        heartbeat: HEARTBEAT,
-        retention_limit: 64 << 20,
-        queue,
-        degrade_after: DEFAULT_DEGRADE_AFTER,
-        probe: ProbeOptions::DEFAULT,
-        observe: ObserveOptions::default(),
-        capture_file: None,
-    };
+    let mut backup_options = backup_options(&lab);
+    let mut primary_options = primary_options(&lab, mode, queue);
     customize(&mut primary_options, &mut backup_options);
     let watchers = Watchers {
         primary: PrimaryMonitor::new(),
