@@ -57,7 +57,6 @@ use crate::options::{
     BackupOptions, CommitMode, FenceOptions, HeartbeatOptions, ObserveOptions, PrimaryOptions,
     ProbeOptions, ReplicationKey,
 };
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -257,81 +256,6 @@ pub enum ConfigError {
     },
 }
 
-/// The primary's config file (every key optional here; required ones are checked after
-/// flags are applied).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrimaryFile {
-    service: Option<Services>,
-    interface: Option<String>,
-    backup: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-    mode: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
-    heartbeat_misses: Option<u64>,
-    retention_limit: Option<u64>,
-    queue: Option<u64>,
-    degrade_after_ms: Option<u64>,
-    probe_count: Option<u64>,
-    probe_wait_ms: Option<u64>,
-    status_socket: Option<String>,
-    metrics_listen: Option<String>,
-    capture_file: Option<String>,
-}
-
-/// The backup's config file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupFile {
-    service: Option<Services>,
-    prefix_len: Option<u64>,
-    interface: Option<String>,
-    listen: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-    standby: Option<String>,
-    heartbeat_interval_ms: Option<u64>,
-    heartbeat_misses: Option<u64>,
-    announce_count: Option<u64>,
-    probe_count: Option<u64>,
-    probe_wait_ms: Option<u64>,
-    fence_command: Option<String>,
-    fence_timeout_ms: Option<u64>,
-    status_socket: Option<String>,
-    metrics_listen: Option<String>,
-}
-
-/// `service = "a:p"` or `service = ["a:p", "b:q"]`.
-#[derive(Debug)]
-struct Services(Vec<String>);
-
-impl<'de> Deserialize<'de> for Services {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Services;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"ADDR:PORT\" or a list of them, like [\"198.18.0.10:7000\"]")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Services, E> {
-                Ok(Services(vec![v.to_string()]))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Services, A::Error> {
-                let mut all = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
-                    all.push(s);
-                }
-                Ok(Services(all))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 /// One key's raw value(s) and where they came from.
 #[derive(Clone, Debug)]
 struct Raw {
@@ -344,22 +268,6 @@ struct Raw {
 struct Layer(BTreeMap<&'static str, Raw>);
 
 impl Layer {
-    fn put(&mut self, key: &'static str, value: Option<String>, origin: &Origin) {
-        if let Some(v) = value {
-            self.0.insert(
-                key,
-                Raw {
-                    values: vec![v],
-                    origin: origin.clone(),
-                },
-            );
-        }
-    }
-
-    fn put_number(&mut self, key: &'static str, value: Option<u64>, origin: &Origin) {
-        self.put(key, value.map(|v| v.to_string()), origin);
-    }
-
     fn get(&self, key: &str) -> Option<(&str, &Origin)> {
         self.0
             .get(key)
@@ -367,43 +275,78 @@ impl Layer {
     }
 }
 
-const PRIMARY_KEYS: &[&str] = &[
-    "service",
-    "interface",
-    "backup",
-    "key",
-    "key_file",
-    "mode",
-    "heartbeat_interval_ms",
-    "heartbeat_misses",
-    "retention_limit",
-    "queue",
-    "degrade_after_ms",
-    "probe_count",
-    "probe_wait_ms",
-    "status_socket",
-    "metrics_listen",
-    "capture_file",
+/// How a key's value is written in a config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A string.
+    Text,
+    /// A whole number.
+    Number,
+    /// A path (a string), relative to the config file's directory.
+    Path,
+    /// `"ADDR:PORT"` or a list of them.
+    Services,
+}
+
+impl Kind {
+    /// What the file must give, for errors.
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Text => "a string",
+            Kind::Number => "a whole number",
+            Kind::Path => "a path (a string)",
+            Kind::Services => "\"ADDR:PORT\" or a list of them, like [\"198.18.0.10:7000\"]",
+        }
+    }
+}
+
+/// The primary's keys (each also a flag: `--heartbeat-interval-ms` is `heartbeat_interval_ms`).
+const PRIMARY_KEYS: &[(&str, Kind)] = &[
+    ("service", Kind::Services),
+    ("interface", Kind::Text),
+    ("backup", Kind::Text),
+    ("key", Kind::Text),
+    ("key_file", Kind::Path),
+    ("mode", Kind::Text),
+    ("heartbeat_interval_ms", Kind::Number),
+    ("heartbeat_misses", Kind::Number),
+    ("retention_limit", Kind::Number),
+    ("queue", Kind::Number),
+    ("degrade_after_ms", Kind::Number),
+    ("probe_count", Kind::Number),
+    ("probe_wait_ms", Kind::Number),
+    ("status_socket", Kind::Path),
+    ("metrics_listen", Kind::Text),
+    ("capture_file", Kind::Path),
 ];
 
-const BACKUP_KEYS: &[&str] = &[
-    "service",
-    "prefix_len",
-    "interface",
-    "listen",
-    "key",
-    "key_file",
-    "standby",
-    "heartbeat_interval_ms",
-    "heartbeat_misses",
-    "announce_count",
-    "probe_count",
-    "probe_wait_ms",
-    "fence_command",
-    "fence_timeout_ms",
-    "status_socket",
-    "metrics_listen",
+/// The backup's keys.
+const BACKUP_KEYS: &[(&str, Kind)] = &[
+    ("service", Kind::Services),
+    ("prefix_len", Kind::Number),
+    ("interface", Kind::Text),
+    ("listen", Kind::Text),
+    ("key", Kind::Text),
+    ("key_file", Kind::Path),
+    ("standby", Kind::Text),
+    ("heartbeat_interval_ms", Kind::Number),
+    ("heartbeat_misses", Kind::Number),
+    ("announce_count", Kind::Number),
+    ("probe_count", Kind::Number),
+    ("probe_wait_ms", Kind::Number),
+    ("fence_command", Kind::Text),
+    ("fence_timeout_ms", Kind::Number),
+    ("status_socket", Kind::Path),
+    ("metrics_listen", Kind::Text),
 ];
+
+/// The keys of `role`.
+fn role_keys(role: Role) -> &'static [(&'static str, Kind)] {
+    match role {
+        Role::Primary => PRIMARY_KEYS,
+        Role::Backup => BACKUP_KEYS,
+    }
+}
 
 /// The flags, parsed: `--config` and the keys they set.
 struct Flags {
@@ -412,10 +355,7 @@ struct Flags {
 }
 
 fn parse_flags(role: Role, arguments: &[String]) -> Result<Flags, ConfigError> {
-    let keys = match role {
-        Role::Primary => PRIMARY_KEYS,
-        Role::Backup => BACKUP_KEYS,
-    };
+    let keys = role_keys(role);
     let mut config = None;
     let mut layer = Layer::default();
     let mut rest = arguments.iter();
@@ -436,7 +376,7 @@ fn parse_flags(role: Role, arguments: &[String]) -> Result<Flags, ConfigError> {
             "config"
         } else {
             keys.iter()
-                .copied()
+                .map(|&(k, _)| k)
                 .find(|k| *k == name)
                 .ok_or_else(unknown)?
         };
@@ -506,89 +446,83 @@ fn relative_to_config(value: Option<String>, config: &Path) -> Option<String> {
     })
 }
 
-fn primary_file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
-    let file: PrimaryFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
+/// The keys of a config file for `role`: each must be one of the role's keys and hold a
+/// value of its kind (errors name the file, the line and the key).
+fn file_layer(role: Role, text: &str, path: &Path) -> Result<Layer, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| parse_error(path, e))?;
     let origin = Origin::File(path.to_path_buf());
+    let file_error = |key: &str, problem: String| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        message: format!("{}{problem}", line_of(text, key)),
+    };
     let mut layer = Layer::default();
-    if let Some(Services(s)) = file.service {
+    for (key, value) in table {
+        let Some(&(name, kind)) = role_keys(role).iter().find(|(k, _)| *k == key) else {
+            let known: Vec<&str> = role_keys(role).iter().map(|&(k, _)| k).collect();
+            return Err(file_error(
+                &key,
+                format!(
+                    "unknown field `{key}` for `cttmd {role}`, expected one of {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        let found = value.type_str();
+        let values = file_values(kind, value, path).ok_or_else(|| {
+            file_error(
+                &key,
+                format!(
+                    "key `{key}`: invalid type: {found}, expected {}",
+                    kind.expected()
+                ),
+            )
+        })?;
         layer.0.insert(
-            "service",
+            name,
             Raw {
-                values: s,
+                values,
                 origin: origin.clone(),
             },
         );
     }
-    layer.put("interface", file.interface, &origin);
-    layer.put("backup", file.backup, &origin);
-    layer.put("key", file.key, &origin);
-    layer.put("key_file", relative_to_config(file.key_file, path), &origin);
-    layer.put("mode", file.mode, &origin);
-    layer.put_number("heartbeat_interval_ms", file.heartbeat_interval_ms, &origin);
-    layer.put_number("heartbeat_misses", file.heartbeat_misses, &origin);
-    layer.put_number("retention_limit", file.retention_limit, &origin);
-    layer.put_number("queue", file.queue, &origin);
-    layer.put_number("degrade_after_ms", file.degrade_after_ms, &origin);
-    layer.put_number("probe_count", file.probe_count, &origin);
-    layer.put_number("probe_wait_ms", file.probe_wait_ms, &origin);
-    layer.put(
-        "status_socket",
-        relative_to_config(file.status_socket, path),
-        &origin,
-    );
-    layer.put("metrics_listen", file.metrics_listen, &origin);
-    layer.put(
-        "capture_file",
-        relative_to_config(file.capture_file, path),
-        &origin,
-    );
     Ok(layer)
 }
 
-fn backup_file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
-    let file: BackupFile = toml::from_str(text).map_err(|e| parse_error(path, e))?;
-    let origin = Origin::File(path.to_path_buf());
-    let mut layer = Layer::default();
-    if let Some(Services(s)) = file.service {
-        layer.0.insert(
-            "service",
-            Raw {
-                values: s,
-                origin: origin.clone(),
-            },
-        );
+/// A file value as the flags' text, if it is of `kind`.
+fn file_values(kind: Kind, value: toml::Value, config: &Path) -> Option<Vec<String>> {
+    use toml::Value;
+    match (kind, value) {
+        (Kind::Text, Value::String(s)) => Some(vec![s]),
+        (Kind::Path, Value::String(s)) => relative_to_config(Some(s), config).map(|p| vec![p]),
+        (Kind::Number, Value::Integer(n)) if n >= 0 => Some(vec![n.to_string()]),
+        (Kind::Services, Value::String(s)) => Some(vec![s]),
+        (Kind::Services, Value::Array(all)) => all
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
     }
-    layer.put_number("prefix_len", file.prefix_len, &origin);
-    layer.put("interface", file.interface, &origin);
-    layer.put("listen", file.listen, &origin);
-    layer.put("key", file.key, &origin);
-    layer.put("key_file", relative_to_config(file.key_file, path), &origin);
-    layer.put("standby", file.standby, &origin);
-    layer.put_number("heartbeat_interval_ms", file.heartbeat_interval_ms, &origin);
-    layer.put_number("heartbeat_misses", file.heartbeat_misses, &origin);
-    layer.put_number("announce_count", file.announce_count, &origin);
-    layer.put_number("probe_count", file.probe_count, &origin);
-    layer.put_number("probe_wait_ms", file.probe_wait_ms, &origin);
-    layer.put("fence_command", file.fence_command, &origin);
-    layer.put_number("fence_timeout_ms", file.fence_timeout_ms, &origin);
-    layer.put(
-        "status_socket",
-        relative_to_config(file.status_socket, path),
-        &origin,
-    );
-    layer.put("metrics_listen", file.metrics_listen, &origin);
-    Ok(layer)
+}
+
+/// `"line N: "` for the line of `text` where `key` is set, or nothing if it cannot be found.
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or_else(String::new, |n| format!("line {}: ", n + 1))
 }
 
 /// The file's keys with the flags' on top.
-fn merged(
-    role: Role,
-    arguments: &[String],
-    file_layer: fn(&str, &Path) -> Result<Layer, ConfigError>,
-) -> Result<Layer, ConfigError> {
+fn merged(role: Role, arguments: &[String]) -> Result<Layer, ConfigError> {
     let flags = parse_flags(role, arguments)?;
     let mut layer = match &flags.config {
-        Some(path) => file_layer(&read_file(path)?, path)?,
+        Some(path) => file_layer(role, &read_file(path)?, path)?,
         None => Layer::default(),
     };
     check_one_key(&layer)?;
@@ -614,7 +548,7 @@ fn check_one_key(layer: &Layer) -> Result<(), ConfigError> {
 /// The primary's options from its command-line arguments (those after `cttmd primary`):
 /// `--config FILE` if given, then the flags on top.
 pub fn primary_options(arguments: &[String]) -> Result<PrimaryOptions, ConfigError> {
-    let layer = merged(Role::Primary, arguments, primary_file_layer)?;
+    let layer = merged(Role::Primary, arguments)?;
     Ok(PrimaryOptions {
         services: services(&layer)?,
         interface: interface(&layer)?,
@@ -661,7 +595,7 @@ pub fn primary_options(arguments: &[String]) -> Result<PrimaryOptions, ConfigErr
 
 /// The backup's options from its command-line arguments (those after `cttmd backup`).
 pub fn backup_options(arguments: &[String]) -> Result<BackupOptions, ConfigError> {
-    let layer = merged(Role::Backup, arguments, backup_file_layer)?;
+    let layer = merged(Role::Backup, arguments)?;
     let services = services(&layer)?;
     let first = services[0];
     let prefix_default = if first.is_ipv4() { 24 } else { 64 };
