@@ -36,12 +36,13 @@ use cttm_tests::failover_lab::{
     FailoverLab, KvClient, SERVICE_PORT, ServiceFamily, kv_text, wait_until,
 };
 use cttm_tests::lab::{Netns, kernel_tests_enabled};
+use cttm_tests::temp_dir::TempDir;
 use cttmd::backup::run_backup_observed;
 use cttmd::observe::{AgentRole, AgentView, CommitState, Observer, ProtectionState};
 use cttmd::options::{CommitMode, PrimaryOptions};
 use cttmd::primary::{PrimaryMonitor, run_primary_monitored};
 use failover_agents::{crash, finish, start_observed};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -55,28 +56,6 @@ const TEST_LIMIT: Duration = Duration::from_secs(120);
 const MAX_ROUNDS: usize = 100_000;
 /// Client connections exchanging requests.
 const CLIENTS: usize = 4;
-
-/// A fresh directory for one test's files, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("cttm-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The primary agent's options as the rig gives them, degrading after [`DEGRADE_AFTER`].
 fn primary_options(lab: &FailoverLab, queue: u16) -> PrimaryOptions {

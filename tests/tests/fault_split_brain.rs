@@ -32,11 +32,11 @@ use cttm_tests::failover_lab::{
     FailoverLab, KvClient, REPLICATION_INTERFACE, ServiceFamily, kv_text, wait_until,
 };
 use cttm_tests::lab::{Netns, kernel_tests_enabled};
+use cttm_tests::temp_dir::TempDir;
 use cttmd::observe::{AgentRole, AgentView, Observer, ProtectionState};
 use cttmd::options::{CommitMode, FenceOptions};
 use failover_agents::{crash, finish, start_observed};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -352,21 +352,14 @@ fn replication_link_cut_without_crash_is_no_takeover() {
     );
 }
 
-/// A fresh directory for the fencing command's files.
-fn fence_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cttm-sb-fence-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("fence dir");
-    dir
-}
-
 #[test]
 fn fencing_failure_aborts_the_takeover() {
     if !kernel_tests_enabled("fencing_failure_aborts_the_takeover") {
         return;
     }
     const IDLE: usize = 3;
-    let dir = fence_dir();
+    let fence = TempDir::new("sb-fence");
+    let dir = fence.root().to_path_buf();
     let allow = dir.join("allow");
     let fenced = dir.join("fenced");
     let command = format!(
@@ -438,7 +431,6 @@ fn fencing_failure_aborts_the_takeover() {
     assert!(carries(&rig.lab.backup, address));
     let idle_results = resume_idle(idle);
     let exit = finish(rig).expect("the backup agent");
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "fencing_failure_aborts_the_takeover: took over {:.0} ms after fencing was allowed (failover {:?} ms); idle {idle_results:?}; restored {}, reset {}",
         took_over_after.as_secs_f64() * 1e3,

@@ -1,11 +1,11 @@
 //! Config files and flags: every key, every default, flag override, and every error path
 //! (each error must name the key and say what to write).
 
+use cttm_tests::temp_dir::TempDir;
 use cttmd::config::{ConfigError, backup_options, key_to_hex, parse_key_hex, primary_options};
 use cttmd::options::{CommitMode, FenceOptions, ProbeOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -13,34 +13,6 @@ const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554
 
 fn key_bytes() -> [u8; 32] {
     std::array::from_fn(|i| i as u8)
-}
-
-/// A directory of this test process, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cttmd-config-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, contents: &[u8]) -> String {
-        let p = self.0.join(name);
-        std::fs::write(&p, contents).expect("write");
-        p.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -98,7 +70,7 @@ fn primary_from_flags_only_gets_documented_defaults() {
 
 #[test]
 fn primary_file_sets_every_key_and_flags_override_it() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let file = dir.file(
         "primary.toml",
         format!(
@@ -169,7 +141,7 @@ queue = 12
 
 #[test]
 fn backup_from_file_and_flags_with_defaults() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     dir.file("psk", format!("{KEY}\n").as_bytes());
     let file = dir.file(
         "backup.toml",
@@ -388,7 +360,7 @@ fn missing_required_keys_say_how_to_give_them() {
     );
     let e = backup_err(&["--key", KEY]);
     assert!(e.contains("key `service` is required"), "{e}");
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let file = dir.file("empty-list.toml", b"service = []\n");
     let e = backup_err(&["--config", &file, "--key", KEY]);
     assert!(e.contains("key `service` is required"), "{e}");
@@ -396,8 +368,8 @@ fn missing_required_keys_say_how_to_give_them() {
 
 #[test]
 fn file_errors_name_the_file_and_the_key() {
-    let dir = TempDir::new();
-    let e = primary_err(&["--config", &dir.0.join("absent.toml").to_string_lossy()]);
+    let dir = TempDir::new("config");
+    let e = primary_err(&["--config", &dir.path("absent.toml").to_string_lossy()]);
     assert!(
         e.contains("cannot read config file") && e.contains("absent.toml"),
         "{e}"
@@ -470,7 +442,7 @@ fn file_errors_name_the_file_and_the_key() {
 
 #[test]
 fn key_and_key_file_errors() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let base = [
         "--service",
         "198.18.0.10:7000",
@@ -506,7 +478,7 @@ fn key_and_key_file_errors() {
         key_bytes()
     );
 
-    let e = run(&["--key-file", &dir.0.join("absent").to_string_lossy()])
+    let e = run(&["--key-file", &dir.path("absent").to_string_lossy()])
         .unwrap_err()
         .to_string();
     assert!(
@@ -667,7 +639,7 @@ fn backup_with(extra: &[&str]) -> Result<cttmd::options::BackupOptions, ConfigEr
 
 #[test]
 fn primary_fault_and_observe_keys_from_file_and_flags() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let file = dir.file(
         "primary.toml",
         br#"
@@ -690,17 +662,17 @@ capture_file = "capture.pcapng"
     );
     assert_eq!(
         o.observe.status_socket,
-        Some(dir.0.join("run/primary.sock")),
+        Some(dir.path("run/primary.sock")),
         "relative to the config file"
     );
     assert_eq!(o.observe.metrics, Some(addr("127.0.0.1:9464")));
     assert_eq!(
         o.capture_file,
-        Some(dir.0.join("capture.pcapng")),
+        Some(dir.path("capture.pcapng")),
         "relative to the config file"
     );
 
-    let capture = dir.0.join("flag.pcapng").to_string_lossy().into_owned();
+    let capture = dir.path("flag.pcapng").to_string_lossy().into_owned();
     let o = primary_with(&[
         "--config",
         &file,
@@ -735,7 +707,7 @@ capture_file = "capture.pcapng"
 
 #[test]
 fn backup_fault_and_observe_keys_from_file_and_flags() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let file = dir.file(
         "backup.toml",
         br#"
@@ -800,14 +772,13 @@ metrics_listen = "127.0.0.1:9465"
 
 #[test]
 fn fault_and_observe_key_errors_name_the_key_and_the_fix() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("config");
     let long_socket = format!("/run/{}.sock", "s".repeat(110));
     let absent_dir = dir
-        .0
-        .join("absent/capture.pcapng")
+        .path("absent/capture.pcapng")
         .to_string_lossy()
         .into_owned();
-    let a_dir = dir.0.to_string_lossy().into_owned();
+    let a_dir = dir.root().to_string_lossy().into_owned();
     let primary_cases: [(&[&str], &[&str]); 17] = [
         (
             &["--degrade-after-ms", "0"],

@@ -3,6 +3,7 @@
 //! text metrics and their HTTP endpoint. Real Unix and TCP sockets, on loopback and in a
 //! temporary directory.
 
+use cttm_tests::temp_dir::TempDir;
 use cttmd::observe::{
     AgentRole, AgentView, CommitState, ConnectionView, MetricsServer, Observer, ProtectionState,
     RejoinWait, StatusClientError, StatusCommand, StatusServer, StatusSocketError, query_agent,
@@ -13,39 +14,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A directory of this test process (short path: Unix socket paths are limited), removed
-/// when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cttmd-obs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn connection(
     client: &str,
@@ -105,7 +78,7 @@ fn busy_view() -> AgentView {
 
 #[test]
 fn status_socket_round_trip() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     // the socket's directory does not exist yet: the server creates it
     let path = dir.path("run/agent.sock");
     let view = busy_view();
@@ -152,7 +125,7 @@ fn status_socket_round_trip() {
 
 #[test]
 fn rejoin_reaches_a_non_serving_agent_and_reports_the_outcome() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let path = dir.path("rejoin.sock");
     let observer = Observer::new(AgentView::new(AgentRole::NonServing, CommitState::Sync));
     let _server = StatusServer::start(&path, observer.clone()).expect("status socket");
@@ -186,7 +159,7 @@ fn rejoin_reaches_a_non_serving_agent_and_reports_the_outcome() {
 
 #[test]
 fn rejoin_sets_the_request_flag_even_when_the_agent_is_slow() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let path = dir.path("slow.sock");
     let observer = Observer::new(AgentView::new(AgentRole::NonServing, CommitState::Async));
     let wait = RejoinWait {
@@ -215,7 +188,7 @@ fn raw_exchange(path: &Path, request: &[u8]) -> String {
 
 #[test]
 fn bad_requests_get_one_error_line() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let path = dir.path("bad.sock");
     let observer = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
     let _server = StatusServer::start(&path, observer).expect("socket");
@@ -269,7 +242,7 @@ fn bad_requests_get_one_error_line() {
 
 #[test]
 fn a_stale_socket_is_replaced_and_a_live_one_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let path = dir.path("agent.sock");
     // a socket file left by an agent that died: nobody listens on it
     drop(UnixListener::bind(&path).expect("bind"));
@@ -638,7 +611,7 @@ fn cttmd(arguments: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn the_status_and_rejoin_commands_talk_to_the_agent() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let missing = dir.path("missing.sock");
     let missing = missing.to_str().unwrap();
     let (code, out, err) = cttmd(&["status", "--socket", missing]);
@@ -685,7 +658,7 @@ fn the_status_and_rejoin_commands_talk_to_the_agent() {
 /// why. (The backup, on an interface that does not exist: it never gets further.)
 #[test]
 fn an_agent_that_cannot_open_its_status_socket_fails_clearly() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("obs");
     let path = dir.path("taken.sock");
     let _other_agent = StatusServer::start(
         &path,
