@@ -627,3 +627,41 @@ impl<P, B> AgentPair<P, B> {
         }
     }
 }
+
+/// How big the random requests of [`KvClient::random_request`] get.
+#[derive(Clone, Copy, Debug)]
+pub struct RandomLoad {
+    /// The largest `SET` value (an upload), in bytes.
+    pub max_value: usize,
+    /// The largest `STREAM` (a download), in bytes.
+    pub max_stream: u64,
+    /// Distinct keys.
+    pub keys: u64,
+}
+
+impl KvClient {
+    /// One random request of a mixed load, checked by the oracle: `SET` of a value up to
+    /// `load.max_value` bytes (30 %), `GET` (20 %), `INCR` (10 %), `STREAM` up to
+    /// `load.max_stream` bytes (20 %), `ECHO` (10 %), `PING` (10 %).
+    pub fn random_request(
+        &mut self,
+        rng: &mut crate::rng::SplitMix64,
+        load: RandomLoad,
+    ) -> Result<(), String> {
+        let key = rng.below(load.keys.max(1));
+        match rng.range(0, 9) {
+            0..=2 => {
+                let len = rng.range(1, load.max_value.max(1) as u64) as usize;
+                self.request(&format!("SET k{key} {}", kv_text(rng.next_u64(), len)))
+            }
+            3 | 4 => self.request(&format!("GET k{key}")),
+            5 => self.request(&format!("INCR n{key} {}", rng.range(0, 1000))),
+            6 | 7 => {
+                let len = rng.range(1, load.max_stream.max(1));
+                self.stream(len, rng.next_u64(), &std::sync::atomic::AtomicUsize::new(0))
+            }
+            8 => self.request(&format!("ECHO {}", kv_text(rng.next_u64(), 64))),
+            _ => self.request("PING"),
+        }
+    }
+}

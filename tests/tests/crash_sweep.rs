@@ -41,7 +41,7 @@
 #[allow(dead_code)]
 mod failover_agents;
 
-use cttm_tests::failover_lab::{FailoverLab, KvClient, ServiceFamily, kv_text};
+use cttm_tests::failover_lab::{FailoverLab, KvClient, RandomLoad, ServiceFamily};
 use cttm_tests::lab::kernel_tests_enabled;
 use cttm_tests::rng::SplitMix64;
 use cttmd::backup::BackupExit;
@@ -49,7 +49,6 @@ use cttmd::options::CommitMode;
 use cttmd::primary::PrimaryStatus;
 use failover_agents::{Rig, crash, finish, start_observed};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -166,24 +165,12 @@ fn connect(service: SocketAddr, failures: &mut Vec<String>) -> Option<KvClient> 
     None
 }
 
-/// One random request of the load, checked by the oracle.
-fn random_request(client: &mut KvClient, rng: &mut SplitMix64) -> Result<(), String> {
-    let key = rng.range(0, KEYS - 1);
-    match rng.range(0, 9) {
-        0..=2 => {
-            let len = rng.range(1, MAX_VALUE as u64) as usize;
-            client.request(&format!("SET k{key} {}", kv_text(rng.next_u64(), len)))
-        }
-        3 | 4 => client.request(&format!("GET k{key}")),
-        5 => client.request(&format!("INCR n{key} {}", rng.range(0, 1000))),
-        6 | 7 => {
-            let len = rng.range(1, MAX_STREAM);
-            client.stream(len, rng.next_u64(), &AtomicUsize::new(0))
-        }
-        8 => client.request(&format!("ECHO {}", kv_text(rng.next_u64(), 64))),
-        _ => client.request("PING"),
-    }
-}
+/// The sizes of the load's requests.
+const LOAD: RandomLoad = RandomLoad {
+    max_value: MAX_VALUE,
+    max_stream: MAX_STREAM,
+    keys: KEYS,
+};
 
 /// One connection of the load: opens after `delay`, runs random requests until it got
 /// [`OPS_AFTER_CRASH`] answers to requests sent after the crash, then `COUNT` and `QUIT`.
@@ -236,7 +223,7 @@ fn run_connection(
             return report;
         }
         let sent_after_crash = crashed.get().copied();
-        if let Err(e) = random_request(&mut client, &mut rng) {
+        if let Err(e) = client.random_request(&mut rng, LOAD) {
             report.result = Err(e);
             return report;
         }

@@ -45,13 +45,12 @@
 #[path = "../../../tests/tests/failover_agents/mod.rs"]
 mod failover_agents;
 
-use cttm_tests::failover_lab::{FailoverLab, KvClient, ServiceFamily, kv_text};
+use cttm_tests::failover_lab::{FailoverLab, KvClient, RandomLoad, ServiceFamily};
 use cttm_tests::rng::SplitMix64;
 use cttmd::backup::BackupExit;
 use failover_agents::HEARTBEAT;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Barrier, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
@@ -409,6 +408,12 @@ const SWEEP_CRASH_WINDOW: (Duration, Duration) =
 const SWEEP_BUSY_ONE_IN: u64 = 3;
 /// The sweep's requests per connection at most (with [`IO_TIMEOUT`], bounds every loop).
 const SWEEP_MAX_REQUESTS: usize = 5_000;
+/// The sizes of the sweep's requests.
+const SWEEP_LOAD: RandomLoad = RandomLoad {
+    max_value: 4096,
+    max_stream: 64 << 10,
+    keys: 8,
+};
 /// The sweep's primary NFQUEUE queue.
 const SWEEP_QUEUE: u16 = 85;
 
@@ -427,15 +432,7 @@ fn sweep_connection(
     let busy = rng.range(1, SWEEP_BUSY_ONE_IN) == 1;
     for _ in 0..SWEEP_MAX_REQUESTS {
         let sent_after_crash = crashed.get().copied();
-        let key = rng.range(0, 7);
-        match rng.range(0, 5) {
-            0 | 1 => {
-                let len = rng.range(1, 4096) as usize;
-                client.request(&format!("SET k{key} {}", kv_text(rng.next_u64(), len)))?;
-            }
-            2 | 3 => client.request(&format!("GET k{key}"))?,
-            _ => client.stream(rng.range(1, 64 << 10), rng.next_u64(), &AtomicUsize::new(0))?,
-        }
+        client.random_request(&mut rng, SWEEP_LOAD)?;
         if let Some(crashed_at) = sent_after_crash {
             let blackout = crashed_at.elapsed();
             client.finish()?;
