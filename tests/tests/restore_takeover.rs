@@ -4,6 +4,7 @@
 //! and a release removes it. IPv4 and IPv6.
 
 use cttm_restore::AddressTakeover;
+use cttm_restore::takeover::probe::mac_text;
 use cttm_restore::takeover::{
     AnnounceConfig, ClaimError, ClaimOutcome, NetlinkTakeover, OpenError, ReleaseOutcome,
 };
@@ -14,13 +15,6 @@ use std::time::{Duration, Instant};
 /// A MAC no host of the lab has: the client's stale entry for the service address points
 /// here until the announcement arrives.
 const STALE_MAC: &str = "02:00:00:00:00:99";
-
-fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// Waits (bounded in time and count) until `ip -n <ns> neigh show <address>` mentions `mac`.
 fn wait_for_neighbour(ns: &Netns, address: &str, mac: &str) -> String {
@@ -57,7 +51,7 @@ fn claim_announce_release(family: &str, address: &str, prefix_len: u8) {
             count: 2,
             interval: Duration::from_millis(20),
         });
-    let mac = mac_string(takeover.mac());
+    let mac = mac_text(takeover.mac());
     let shown = server.ip(&["link", "show", "eth0"]).expect("ip link");
     assert!(
         shown.contains(&mac),

@@ -202,6 +202,14 @@ impl AddressProbe {
     }
 }
 
+/// A MAC address as the operator reads it: `02:00:5e:10:20:30`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,9 @@
 use super::fence::run_fence;
 use super::view::BackupView;
 use crate::options::{BackupOptions, FenceOptions};
-use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeError, ProbeOutcome};
+use cttm_restore::takeover::probe::{
+    AddressProbe, ProbeConfig, ProbeError, ProbeOutcome, mac_text,
+};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -58,14 +60,6 @@ impl Refusal {
             ),
         }
     }
-}
-
-/// A MAC address as `02:00:5e:10:20:30`.
-pub(crate) fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// What changed in the primary's liveness at one step.

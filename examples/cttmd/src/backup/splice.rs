@@ -422,7 +422,7 @@ impl Splice {
             return Some((
                 a.rcv_nxt,
                 format!(
-                    "the client acknowledged server bytes up to offset {} but the backup holds them only up to {sent}: the primary's bytes in between never reached the backup (async mode)",
+                    "the client acknowledged server bytes up to offset {} but the backup holds them only up to {sent}: the primary's bytes in between never reached the backup (async or degraded mode)",
                     acked.saturating_sub(1)
                 ),
             ));
@@ -435,7 +435,7 @@ impl Splice {
             (
                 a.rcv_nxt,
                 format!(
-                    "the client sent bytes up to offset {} but the backup stayed at {} for {} ms: client bytes the primary acknowledged never reached the backup (async mode)",
+                    "the client sent bytes up to offset {} but the backup stayed at {} for {} ms: client bytes the primary acknowledged never reached the backup (async or degraded mode)",
                     a.client.saturating_sub(1),
                     self.read_end,
                     grace.as_millis()

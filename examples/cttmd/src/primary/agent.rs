@@ -77,8 +77,6 @@ pub(super) struct Agent {
     last_housekeeping: std::time::Instant,
     last_status: Option<std::time::Instant>,
     monitor: PrimaryMonitor,
-    /// How output is committed now (what the view shows).
-    commit: CommitState,
     /// Why the agent is degraded, while it is (an alert).
     degraded_alert: Option<String>,
     view: ViewState,
@@ -111,10 +109,6 @@ impl Agent {
             last_housekeeping: std::time::Instant::now(),
             last_status: None,
             monitor,
-            commit: match options.mode {
-                CommitMode::Sync => CommitState::Sync,
-                CommitMode::Async => CommitState::Async,
-            },
             degraded_alert: None,
             view: ViewState::default(),
             recorder: CaptureRecorder::create(options.capture_file.as_deref()),
@@ -134,15 +128,19 @@ impl Agent {
 
     /// Sync mode: output commit given up (`Some(why)`) or taken up again (`None`).
     pub(super) fn set_degraded(&mut self, why: Option<String>) {
-        self.commit = if why.is_some() {
-            CommitState::Degraded
-        } else {
-            CommitState::Sync
-        };
         if why.is_some() {
             self.stats.degradations += 1;
         }
         self.degraded_alert = why;
+    }
+
+    /// How output is committed now (what the view shows).
+    fn commit_state(&self) -> CommitState {
+        match (self.mode, &self.degraded_alert) {
+            (CommitMode::Async, _) => CommitState::Async,
+            (CommitMode::Sync, Some(_)) => CommitState::Degraded,
+            (CommitMode::Sync, None) => CommitState::Sync,
+        }
     }
 
     /// Counts how long output commit held a packet the backup's acknowledgement released.
@@ -349,7 +347,7 @@ impl Agent {
             std::time::Instant::now(),
             &status,
             ViewInputs {
-                mode: self.commit,
+                mode: self.commit_state(),
                 unprotected: &unprotected,
                 degradations: self.stats.degradations,
                 alerts: self.alerts(status.link_up),

@@ -22,7 +22,7 @@
 use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::{CommitMode, PrimaryOptions};
 use cttm_restore::takeover::NetlinkTakeover;
-use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeOutcome};
+use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeOutcome, mac_text};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,12 +47,7 @@ pub(super) struct OtherHolder {
 
 impl std::fmt::Display for OtherHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let m = self.mac;
-        write!(
-            f,
-            "{} is served by {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            self.address, m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{} is served by {}", self.address, mac_text(self.mac))
     }
 }
 
