@@ -17,12 +17,19 @@
 //! | [`snapshot`] | [`ConnectionSnapshot`]: everything a socket restore needs |
 //! | [`replica`] | the backup's pure state: [`Replica`] |
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
+//! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
+//! | [`primary`] | the primary host's decisions: the degrade policy of sync mode |
+//! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
+//! | [`observe`] | the operator's view of an agent ([`observe::AgentView`]) and its subscription |
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod commit;
 pub mod endpoint;
 pub mod event;
 pub mod message;
+pub mod observe;
+pub mod primary;
 pub mod record;
 pub mod replica;
 pub mod seq;

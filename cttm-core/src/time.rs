@@ -56,6 +56,17 @@ impl Sub<Instant> for Instant {
     }
 }
 
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    /// The instant `d` earlier, the origin at the earliest.
+    fn sub(self, d: Duration) -> Instant {
+        let sub = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Instant {
+            micros: self.micros.saturating_sub(sub),
+        }
+    }
+}
+
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -202,13 +202,9 @@ impl AddressProbe {
     }
 }
 
-/// A MAC address as the operator reads it: `02:00:5e:10:20:30`.
-pub fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+/// A MAC address as the operator reads it: `02:00:5e:10:20:30` (the core's formatter, which
+/// the takeover guard's alerts use too).
+pub use cttm_core::backup::mac_text;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,7 @@
 
 pub mod backup;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod observe;
 pub mod options;

@@ -11,6 +11,7 @@ use cttmd::config::{
     BACKUP_FLAGS, ConfigError, DEFAULT_BACKUP_STATUS_SOCKET, DEFAULT_PRIMARY_STATUS_SOCKET,
     PRIMARY_FLAGS, backup_options, primary_options,
 };
+#[cfg(feature = "demo")]
 use cttmd::demo::{DEMO_USAGE, DemoOptions, locate_binaries, parse_demo_args, run_demo};
 use cttmd::observe::{
     AgentRole, AgentView, CLIENT_TIMEOUT, CommitState, MetricsServer, Observer, StatusClientError,
@@ -211,7 +212,7 @@ fn main() -> ExitCode {
             signals.add(Signal::SIGINT);
             signals.add(Signal::SIGTERM);
             let _ = signals.thread_unblock();
-            return cttm_kvd::cli::main(&rest);
+            return kvd(&rest);
         }
         Ok(Mode::Status(rest)) => return status(&rest),
         Ok(Mode::Rejoin(rest)) => return rejoin(&rest),
@@ -251,7 +252,7 @@ fn main() -> ExitCode {
             }
         },
         Mode::Demo(rest) => demo(&rest),
-        Mode::Kvd(rest) => cttm_kvd::cli::main(&rest),
+        Mode::Kvd(rest) => kvd(&rest),
     }
 }
 
@@ -380,6 +381,33 @@ fn rejoin(arguments: &[String]) -> ExitCode {
     }
 }
 
+/// `cttmd kvd`: the reference daemon the demo runs on both servers.
+#[cfg(feature = "demo")]
+fn kvd(arguments: &[String]) -> ExitCode {
+    cttm_kvd::cli::main(arguments)
+}
+
+/// `cttmd kvd` in a build without the demo.
+#[cfg(not(feature = "demo"))]
+fn kvd(_arguments: &[String]) -> ExitCode {
+    without_demo("kvd")
+}
+
+/// `cttmd demo` in a build without the demo.
+#[cfg(not(feature = "demo"))]
+fn demo(_arguments: &[String]) -> ExitCode {
+    without_demo("demo")
+}
+
+#[cfg(not(feature = "demo"))]
+fn without_demo(command: &str) -> ExitCode {
+    eprintln!(
+        "cttmd {command}: this cttmd was built without the `demo` feature; build it with `--features demo`"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(feature = "demo")]
 fn demo(arguments: &[String]) -> ExitCode {
     let options: DemoOptions = match parse_demo_args(arguments) {
         Ok(o) => o,

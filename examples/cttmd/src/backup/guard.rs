@@ -1,101 +1,39 @@
-//! No split brain: the backup does not take over just because the primary's heartbeats
-//! stopped. A silent primary may be alive and serving behind a cut replication link, so
-//! before claiming anything the backup checks:
-//!
-//! 1. Probe every service address on the service network (RFC 5227 ARP probe, RFC 4862 DAD
-//!    neighbour solicitation: `AddressProbe`). Any answer means another host (the primary)
-//!    still serves: no takeover. Logged once per silence (`warn!`), counted once per silence
-//!    in `takeovers_refused`, an alert while it lasts; the check is repeated every
-//!    [`RETRY`] while the primary stays silent. `probe.count == 0` skips probing.
-//! 2. If a fencing command is configured, run it (`fence`). A failure (non-zero status,
-//!    timeout) aborts the takeover: `error!`, counted each time, an alert; probe and fence
-//!    are retried after [`RETRY`].
-//! 3. Otherwise (or once fencing succeeded): take over.
-//!
-//! A probe that cannot be sent (interface down, ...) counts as a refusal too (the address
-//! cannot be shown free), retried the same way. When the primary's heartbeats return during
-//! all this, the backup goes back to protecting as before (`info!`), alerts cleared.
+//! The driver of the takeover guard ([`cttm_core::backup::guard`], where every decision is
+//! made, with the rules and their reasons): it feeds the guard the failure detector's verdict,
+//! carries out its commands (the probe on the service interface, the operator's fencing
+//! command) and logs and counts its refusals.
 
 use super::fence::run_fence;
 use super::view::BackupView;
 use crate::options::{BackupOptions, FenceOptions};
-use cttm_restore::takeover::probe::{
-    AddressProbe, ProbeConfig, ProbeError, ProbeOutcome, mac_text,
+use cttm_core::backup::{
+    GuardCommand, GuardConfig, Liveness, ProbeResult, Refusal, Refused, TakeoverGuard, mac_text,
 };
+use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeError, ProbeOutcome};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Time between two checks while the primary stays silent and the takeover is refused.
-pub(crate) const RETRY: Duration = Duration::from_secs(1);
-
-/// Why the last check refused the takeover.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// A host answered for a service address.
-    Answered {
-        /// The address.
-        address: IpAddr,
-        /// Who answered.
-        mac: [u8; 6],
-    },
-    /// The fencing command failed.
-    FenceFailed(String),
-    /// The probe could not be made.
-    ProbeFailed(String),
-}
-
-impl Refusal {
-    /// The operator's alert for it.
-    fn alert(&self) -> String {
-        match self {
-            Refusal::Answered { address, mac } => format!(
-                "takeover refused: the service address {address} is answered by {}: the primary still serves (is the replication link cut?); probing again every second",
-                mac_text(*mac)
-            ),
-            Refusal::FenceFailed(why) => {
-                format!("takeover aborted: fencing failed: {why}; retrying every second")
-            }
-            Refusal::ProbeFailed(why) => format!(
-                "takeover refused: the service address could not be probed: {why}; retrying every second"
-            ),
-        }
-    }
-}
-
-/// What changed in the primary's liveness at one step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    /// Nothing.
-    Unchanged,
-    /// The primary was heard for the first time, or again after a silence.
-    Heard,
-    /// The primary went silent.
-    Silent,
-}
+#[cfg(test)]
+use cttm_core::backup::guard::DEFAULT_RETRY as RETRY;
 
 /// What a check decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Take over now.
     TakeOver,
-    /// Do not take over (refused; checked again after [`RETRY`]).
+    /// Do not take over (refused; checked again after the guard's retry time).
     Refused,
 }
 
-/// The backup's guard against split brain (see the module documentation).
+/// The guard with its probe and fencing command.
 #[derive(Debug)]
 pub(crate) struct Guard {
-    addresses: Vec<IpAddr>,
+    guard: TakeoverGuard,
     probe: Option<AddressProbe>,
     probe_config: ProbeConfig,
     fence: Option<FenceOptions>,
-    heard: bool,
-    last_alive: Option<Instant>,
-    silent_since: Option<Instant>,
-    next_check: Option<Instant>,
-    refusal: Option<Refusal>,
-    /// An answer was already logged and counted in this silence.
-    answer_reported: bool,
+    /// The origin of the times the guard is given (it reads no clock).
+    origin: Instant,
 }
 
 impl Guard {
@@ -113,147 +51,150 @@ impl Guard {
         } else {
             Some(AddressProbe::open(&options.interface)?)
         };
+        let config = GuardConfig {
+            probe: probe.is_some(),
+            fence: options.fence.is_some(),
+            ..GuardConfig::new(addresses)
+        };
         Ok(Guard {
-            addresses,
+            guard: TakeoverGuard::new(config),
             probe,
             probe_config: ProbeConfig {
                 count: options.probe.count,
                 wait: options.probe.wait,
             },
             fence: options.fence.clone(),
-            heard: false,
-            last_alive: None,
-            silent_since: None,
-            next_check: None,
-            refusal: None,
-            answer_reported: false,
+            origin: Instant::now(),
         })
+    }
+
+    /// `at` as the core's time.
+    fn core_time(&self, at: Instant) -> cttm_core::Instant {
+        let micros = at.saturating_duration_since(self.origin).as_micros();
+        cttm_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     /// When the primary was last seen alive.
     pub(crate) fn last_alive(&self) -> Option<Instant> {
-        self.last_alive
+        self.guard
+            .last_alive()
+            .map(|t| self.origin + std::time::Duration::from_micros(t.micros()))
     }
 
     /// Takes the failure detector's verdict at `now`.
     pub(crate) fn observe(&mut self, alive: bool, now: Instant) -> Liveness {
-        if alive {
-            self.last_alive = Some(now);
-            if !self.heard {
-                self.heard = true;
-                tracing::info!("primary heard on the replication link");
-                return Liveness::Heard;
+        let now = self.core_time(now);
+        let liveness = self.guard.observe(alive, now);
+        match liveness {
+            Liveness::Unchanged => {}
+            Liveness::Heard => tracing::info!("primary heard on the replication link"),
+            Liveness::Resumed { refused } => {
+                tracing::info!(refused, "primary heard again: protection resumes")
             }
-            if self.silent_since.take().is_some() {
-                tracing::info!(
-                    refused = self.refusal.is_some(),
-                    "primary heard again: protection resumes"
-                );
-                self.next_check = None;
-                self.refusal = None;
-                self.answer_reported = false;
-                return Liveness::Heard;
-            }
-            return Liveness::Unchanged;
-        }
-        if self.heard && self.silent_since.is_none() {
-            self.silent_since = Some(now);
-            self.next_check = Some(now);
-            tracing::warn!(
+            Liveness::Silent => tracing::warn!(
                 "primary declared dead (heartbeats missed): checking that no host serves the service address before taking over"
-            );
-            return Liveness::Silent;
+            ),
         }
-        Liveness::Unchanged
+        liveness
     }
 
     /// True when a check is due (the primary is silent and the retry time came).
     pub(crate) fn check_due(&self, now: Instant) -> bool {
-        self.next_check.is_some_and(|t| now >= t)
+        self.guard
+            .next_deadline()
+            .is_some_and(|t| self.core_time(now) >= t)
     }
 
-    /// Probes, then fences: may take a while (probe waits, the fencing command).
+    /// Runs the guard's commands until it decides: probes, then fences (may take a while:
+    /// probe waits, the fencing command).
     pub(crate) fn check(&mut self, view: &mut BackupView) -> Verdict {
-        match self.refusal_now() {
-            None => {
-                self.next_check = None;
-                self.refusal = None;
-                Verdict::TakeOver
-            }
-            Some(refusal) => {
-                match &refusal {
-                    Refusal::Answered { address, mac } => {
-                        if !self.answer_reported {
-                            self.answer_reported = true;
-                            view.count_refused();
-                            tracing::warn!(
-                                %address,
-                                holder = %mac_text(*mac),
-                                "takeover refused: the service address answers probes, so the primary still serves; probing again every second"
-                            );
-                        } else {
-                            tracing::debug!(%address, "the service address still answers");
-                        }
-                    }
-                    Refusal::FenceFailed(why) => {
-                        view.count_refused();
-                        tracing::error!(error = %why, "takeover aborted: fencing failed; retrying in 1 s");
-                    }
-                    Refusal::ProbeFailed(why) => {
-                        view.count_refused();
-                        tracing::error!(error = %why, "takeover refused: probing the service address failed; retrying in 1 s");
-                    }
+        // Each check is at most probe, fence, take over: the bound only guards the loop.
+        for _ in 0..4 {
+            let now = self.core_time(Instant::now());
+            let refused = match self.guard.poll(now) {
+                None => return Verdict::Refused,
+                Some(GuardCommand::TakeOver) => return Verdict::TakeOver,
+                Some(GuardCommand::Probe(addresses)) => {
+                    let result = self.probe_all(&addresses);
+                    let now = self.core_time(Instant::now());
+                    self.guard.on_probe(now, result)
                 }
-                self.refusal = Some(refusal);
-                self.next_check = Some(std::time::Instant::now() + RETRY);
-                Verdict::Refused
+                Some(GuardCommand::Fence) => {
+                    let result = self.fence();
+                    let now = self.core_time(Instant::now());
+                    self.guard.on_fence(now, result)
+                }
+            };
+            if let Some(refused) = refused {
+                report(&refused, view);
+                return Verdict::Refused;
             }
         }
+        Verdict::Refused
     }
 
-    /// Runs one check: `None` when the takeover may go ahead.
-    fn refusal_now(&mut self) -> Option<Refusal> {
-        if let Some(probe) = &mut self.probe {
-            for &address in &self.addresses {
-                match probe.probe(address, self.probe_config) {
-                    Ok(ProbeOutcome::Silent) => {
-                        tracing::info!(%address, "service address silent: nobody serves it");
-                    }
-                    Ok(ProbeOutcome::Answered { mac }) => {
-                        return Some(Refusal::Answered { address, mac });
-                    }
-                    Err(e) => return Some(Refusal::ProbeFailed(e.to_string())),
+    /// Probes every address: the first answer, or silence.
+    fn probe_all(&mut self, addresses: &[IpAddr]) -> ProbeResult {
+        let Some(probe) = &mut self.probe else {
+            return ProbeResult::Silent;
+        };
+        for &address in addresses {
+            match probe.probe(address, self.probe_config) {
+                Ok(ProbeOutcome::Silent) => {
+                    tracing::info!(%address, "service address silent: nobody serves it");
                 }
+                Ok(ProbeOutcome::Answered { mac }) => {
+                    return ProbeResult::Answered { address, mac };
+                }
+                Err(e) => return ProbeResult::Failed(e.to_string()),
             }
         }
-        if let Some(fence) = &self.fence {
-            tracing::warn!(command = %fence.command, "fencing the primary before the takeover");
-            match run_fence(fence, &self.addresses) {
-                Ok(()) => tracing::info!("fencing succeeded"),
-                Err(e) => return Some(Refusal::FenceFailed(e.to_string())),
+        ProbeResult::Silent
+    }
+
+    /// Runs the fencing command.
+    fn fence(&self) -> Result<(), String> {
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        tracing::warn!(command = %fence.command, "fencing the primary before the takeover");
+        let addresses = &self.guard.config().addresses;
+        match run_fence(fence, addresses) {
+            Ok(()) => {
+                tracing::info!("fencing succeeded");
+                Ok(())
             }
+            Err(e) => Err(e.to_string()),
         }
-        None
     }
 
     /// The alerts of the guard's state at `now`.
     pub(crate) fn alerts(&self, now: Instant) -> Vec<String> {
-        let mut alerts = Vec::new();
-        if let Some(since) = self.silent_since {
-            let silent = self
-                .last_alive
-                .map_or(now.saturating_duration_since(since), |t| {
-                    now.saturating_duration_since(t)
-                });
-            alerts.push(format!(
-                "primary silent for {} ms (heartbeats missed: the primary died or the replication link is cut)",
-                silent.as_millis()
-            ));
+        self.guard.alerts(self.core_time(now))
+    }
+}
+
+/// Logs a refusal and counts it in the view.
+fn report(refused: &Refused, view: &mut BackupView) {
+    if refused.counted {
+        view.count_refused();
+    }
+    match &refused.refusal {
+        Refusal::Answered { address, mac } if refused.counted => tracing::warn!(
+            %address,
+            holder = %mac_text(*mac),
+            "takeover refused: the service address answers probes, so the primary still serves; probing again every second"
+        ),
+        Refusal::Answered { address, .. } => {
+            tracing::debug!(%address, "the service address still answers")
         }
-        if let Some(refusal) = &self.refusal {
-            alerts.push(refusal.alert());
+        Refusal::FenceFailed(why) => {
+            tracing::error!(error = %why, "takeover aborted: fencing failed; retrying in 1 s")
         }
-        alerts
+        Refusal::ProbeFailed(why) => tracing::error!(
+            error = %why,
+            "takeover refused: probing the service address failed; retrying in 1 s"
+        ),
     }
 }
 
@@ -262,6 +203,7 @@ mod tests {
     use super::*;
     use crate::observe::{AgentRole, AgentView, CommitState, Observer};
     use crate::options::{HeartbeatOptions, ObserveOptions, ProbeOptions};
+    use std::time::Duration;
 
     fn options(fence: Option<FenceOptions>) -> BackupOptions {
         BackupOptions {
@@ -334,7 +276,10 @@ mod tests {
         view.publish_serving(Vec::new());
         assert_eq!(observer.view().counters.takeovers_refused, 2);
         // The primary comes back: nothing is due, alerts are gone.
-        assert_eq!(guard.observe(true, Instant::now()), Liveness::Heard);
+        assert!(matches!(
+            guard.observe(true, Instant::now()),
+            Liveness::Resumed { refused: true }
+        ));
         assert!(!guard.check_due(Instant::now() + RETRY));
         assert!(guard.alerts(Instant::now()).is_empty());
     }
@@ -354,18 +299,5 @@ mod tests {
             guard.observe(false, Instant::now());
             assert_eq!(guard.check(&mut view), Verdict::TakeOver);
         }
-    }
-
-    #[test]
-    fn an_answer_names_the_holder() {
-        let refusal = Refusal::Answered {
-            address: "198.18.0.10".parse().expect("address"),
-            mac: [0x02, 0, 0x5e, 0x10, 0x20, 0x30],
-        };
-        assert!(
-            refusal
-                .alert()
-                .contains("198.18.0.10 is answered by 02:00:5e:10:20:30")
-        );
     }
 }

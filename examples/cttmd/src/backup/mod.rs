@@ -37,6 +37,7 @@ mod watch;
 use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::BackupOptions;
 use cttm_core::ReplicaConfig;
+use cttm_core::backup::Liveness;
 use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
 use cttm_replicate::store::StoreSubscription;
 use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
@@ -45,7 +46,7 @@ use cttm_replicate::{
 };
 use cttm_restore::takeover::probe::ProbeError;
 use cttm_restore::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover, OpenError};
-use guard::{Guard, Liveness, Verdict};
+use guard::{Guard, Verdict};
 use shadow::ShadowSet;
 use splice::{SpliceEnd, SpliceSet};
 use std::fmt;

@@ -14,7 +14,7 @@
 //!   backup, the end of a stream included. When the backup is unreachable the
 //!   segments stay held only for a while: once a held packet has waited longer than
 //!   `degrade_after`, or the backup has been unreachable that long, the agent **degrades**
-//!   (`degrade.rs`): it releases every held packet and accepts every packet at once,
+//!   ([`cttm_core::primary::degrade`]): it releases every held packet and accepts every packet at once,
 //!   still shipping events, until the backup has resynchronised; then it holds again. The
 //!   service never stalls because the backup is gone; the transition is logged (`error!`
 //!   once), shown as mode `degraded` with an alert, and counted.
@@ -38,7 +38,6 @@
 mod agent;
 mod async_mode;
 mod capture_file;
-mod degrade;
 mod error;
 mod ownership;
 mod status;

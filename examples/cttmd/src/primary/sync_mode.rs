@@ -1,8 +1,7 @@
 //! Sync mode: NFQUEUE on INPUT and OUTPUT, outgoing segments held by output commit, until
-//! the degrade policy (`degrade.rs`) gives the hold up for a backup that is gone or too slow.
+//! the degrade policy ([`cttm_core::primary::degrade`]) gives the hold up for a backup that is gone or too slow.
 
 use super::agent::{Agent, service_set, start_replication};
-use super::degrade::{BackupHealth, DegradePolicy, Transition};
 use super::ownership::{OtherHolder, Ownership};
 use super::{HoldTimes, PrimaryError, PrimaryMonitor, RunEnd};
 use crate::options::PrimaryOptions;
@@ -10,6 +9,7 @@ use cttm_capture::CaptureSource;
 use cttm_capture::nfqueue::{NfqueueConfig, NfqueueSource, PacketId, QueueDirections};
 use cttm_core::commit::{CommitRequirement, OutputCommit};
 use cttm_core::event::{CloseHow, Side};
+use cttm_core::primary::degrade::{BackupHealth, DegradePolicy, Transition};
 use cttm_core::record::ConnectionRecord;
 use cttm_core::wire::parse_frame;
 use cttm_core::{SegmentRepr, ServiceSet};
@@ -104,6 +104,8 @@ struct Hold {
     samples: Vec<u64>,
     policy: DegradePolicy,
     last_check: Option<Instant>,
+    /// The origin of the times the degrade policy is given (it reads no clock).
+    origin: Instant,
 }
 
 impl Hold {
@@ -114,7 +116,14 @@ impl Hold {
             samples: Vec::new(),
             policy,
             last_check: None,
+            origin: Instant::now(),
         }
+    }
+
+    /// `at` as the core's time, microseconds since this hold began.
+    fn core_time(&self, at: Instant) -> cttm_core::Instant {
+        let micros = at.saturating_duration_since(self.origin).as_micros();
+        cttm_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     fn held(&mut self, packet: PacketId, at: Instant) {
@@ -281,7 +290,8 @@ fn check_degrade(
         last_seq,
         all_reprotected,
     };
-    let oldest = hold.oldest();
+    let oldest = hold.oldest().map(|at| hold.core_time(at));
+    let now = hold.core_time(now);
     match hold.policy.tick(now, oldest, health) {
         None => {}
         Some(Transition::Degrade(reason)) => {

@@ -14,22 +14,23 @@
 //!   the agent resynchronise under a steady load, where the latest message is always one
 //!   round trip ahead of the acknowledgement.
 
-use std::time::{Duration, Instant};
+use crate::time::Instant;
+use std::time::Duration;
 
 /// What the agent knows of the backup at one instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct BackupHealth {
+pub struct BackupHealth {
     /// The replication link is up.
-    pub(super) link_up: bool,
+    pub link_up: bool,
     /// The backup's heartbeats arrive (the failure detector's verdict).
-    pub(super) backup_alive: bool,
+    pub backup_alive: bool,
     /// The highest message sequence number the backup acknowledged.
-    pub(super) acked_seq: u64,
+    pub acked_seq: u64,
     /// The last message sequence number submitted.
-    pub(super) last_seq: u64,
+    pub last_seq: u64,
     /// No connection waits to be resent whole (the primary's copy owes the backup nothing
     /// beyond the retained messages).
-    pub(super) all_reprotected: bool,
+    pub all_reprotected: bool,
 }
 
 impl BackupHealth {
@@ -40,7 +41,7 @@ impl BackupHealth {
 
 /// Why the agent degraded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum DegradeReason {
+pub enum DegradeReason {
     /// A held packet waited longer than allowed for the backup's acknowledgement.
     SlowBackup {
         /// How long the oldest held packet had waited.
@@ -72,7 +73,7 @@ impl std::fmt::Display for DegradeReason {
 
 /// A change of the commit state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Transition {
+pub enum Transition {
     /// Stop holding: release every held packet now, accept every packet from now on.
     Degrade(DegradeReason),
     /// The backup caught up: hold again.
@@ -97,7 +98,7 @@ enum State {
 
 /// The degrade policy of one sync-mode agent run (see the module documentation).
 #[derive(Clone, Debug)]
-pub(super) struct DegradePolicy {
+pub struct DegradePolicy {
     degrade_after: Duration,
     state: State,
 }
@@ -105,7 +106,7 @@ pub(super) struct DegradePolicy {
 impl DegradePolicy {
     /// Starts in sync mode. An agent whose backup never becomes reachable degrades
     /// `degrade_after` after its first [`DegradePolicy::tick`].
-    pub(super) fn new(degrade_after: Duration) -> DegradePolicy {
+    pub fn new(degrade_after: Duration) -> DegradePolicy {
         DegradePolicy {
             degrade_after,
             state: State::Sync {
@@ -115,13 +116,13 @@ impl DegradePolicy {
     }
 
     /// True while output is not held.
-    pub(super) fn is_degraded(&self) -> bool {
+    pub fn is_degraded(&self) -> bool {
         matches!(self.state, State::Degraded { .. })
     }
 
     /// One look at the backup at `now`; `oldest_held` is when the packet held longest
     /// entered the gate (`None`: nothing is held). Returns the transition to make, if any.
-    pub(super) fn tick(
+    pub fn tick(
         &mut self,
         now: Instant,
         oldest_held: Option<Instant>,
@@ -134,11 +135,11 @@ impl DegradePolicy {
                     None
                 } else {
                     let since = *unreachable_since.get_or_insert(now);
-                    let down_for = now.saturating_duration_since(since);
+                    let down_for = now.saturating_since(since);
                     (down_for > self.degrade_after)
                         .then_some(DegradeReason::Unreachable { down_for })
                 };
-                let held_for = oldest_held.map(|t| now.saturating_duration_since(t));
+                let held_for = oldest_held.map(|t| now.saturating_since(t));
                 let reason = reason.or_else(|| {
                     held_for
                         .filter(|held_for| *held_for > self.degrade_after)
@@ -163,7 +164,7 @@ impl DegradePolicy {
                 if health.acked_seq < target || !health.all_reprotected {
                     return None;
                 }
-                let degraded_for = now.saturating_duration_since(*since);
+                let degraded_for = now.saturating_since(*since);
                 self.state = State::Sync {
                     unreachable_since: None,
                 };
@@ -203,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_healthy_backup_never_degrades() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         for i in 0..100 {
             let now = t0 + ms(i * 10);
@@ -215,7 +216,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_backup_degrades_only_past_the_limit() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         assert_eq!(p.tick(t0, None, down()), None);
         assert_eq!(p.tick(t0 + ms(300), None, down()), None, "not yet past");
@@ -232,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_short_outage_is_forgiven() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         assert_eq!(p.tick(t0, None, down()), None);
         assert_eq!(p.tick(t0 + ms(200), None, healthy(1, 1)), None);
@@ -247,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_link_up_without_heartbeats_counts_as_unreachable() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         let silent = BackupHealth {
             backup_alive: false,
@@ -259,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_packet_held_too_long_degrades_even_with_the_link_up() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         assert_eq!(p.tick(t0 + ms(300), Some(t0), healthy(1, 5)), None);
         assert_eq!(
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn resynchronises_once_the_backup_acknowledged_what_was_submitted_when_it_came_back() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         p.tick(t0, None, down());
         assert!(p.tick(t0 + ms(400), None, down()).is_some());
@@ -291,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_new_outage_while_catching_up_resets_the_target() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         p.tick(t0, None, down());
         assert!(p.tick(t0 + ms(400), None, down()).is_some());
@@ -304,7 +305,7 @@ mod tests {
 
     #[test]
     fn connections_awaiting_a_whole_resend_block_the_resynchronisation() {
-        let t0 = Instant::now();
+        let t0 = Instant::from_millis(1_000);
         let mut p = DegradePolicy::new(AFTER);
         p.tick(t0, None, down());
         assert!(p.tick(t0 + ms(400), None, down()).is_some());
