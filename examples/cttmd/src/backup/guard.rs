@@ -271,7 +271,9 @@ mod tests {
                 .any(|a| a.contains("fencing failed") && a.contains("BMC unreachable")),
             "{alerts:?}"
         );
-        // Each failed fencing counts.
+        // Each failed fencing counts (the agent checks again once the retry is due).
+        std::thread::sleep(RETRY);
+        assert!(guard.check_due(Instant::now()));
         assert_eq!(guard.check(&mut view), Verdict::Refused);
         view.publish_serving(Vec::new());
         assert_eq!(observer.view().counters.takeovers_refused, 2);
