@@ -10,6 +10,7 @@
 //! | [`observe`] | what an agent shows the operator: the view behind `cttmd status` and `/metrics` |
 
 pub mod backup;
+mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -5,6 +5,7 @@
 
 use super::fence::run_fence;
 use super::view::BackupView;
+use crate::clock::CoreClock;
 use crate::options::{BackupOptions, FenceOptions};
 use cttm_core::backup::{
     GuardCommand, GuardConfig, Liveness, ProbeResult, Refusal, Refused, TakeoverGuard, mac_text,
@@ -32,8 +33,8 @@ pub(crate) struct Guard {
     probe: Option<AddressProbe>,
     probe_config: ProbeConfig,
     fence: Option<FenceOptions>,
-    /// The origin of the times the guard is given (it reads no clock).
-    origin: Instant,
+    /// The times the guard is given (it reads no clock).
+    clock: CoreClock,
 }
 
 impl Guard {
@@ -64,26 +65,18 @@ impl Guard {
                 wait: options.probe.wait,
             },
             fence: options.fence.clone(),
-            origin: Instant::now(),
+            clock: CoreClock::start(),
         })
-    }
-
-    /// `at` as the core's time.
-    fn core_time(&self, at: Instant) -> cttm_core::Instant {
-        let micros = at.saturating_duration_since(self.origin).as_micros();
-        cttm_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     /// When the primary was last seen alive.
     pub(crate) fn last_alive(&self) -> Option<Instant> {
-        self.guard
-            .last_alive()
-            .map(|t| self.origin + std::time::Duration::from_micros(t.micros()))
+        self.guard.last_alive().map(|t| self.clock.instant(t))
     }
 
     /// Takes the failure detector's verdict at `now`.
     pub(crate) fn observe(&mut self, alive: bool, now: Instant) -> Liveness {
-        let now = self.core_time(now);
+        let now = self.clock.at(now);
         let liveness = self.guard.observe(alive, now);
         match liveness {
             Liveness::Unchanged => {}
@@ -102,7 +95,7 @@ impl Guard {
     pub(crate) fn check_due(&self, now: Instant) -> bool {
         self.guard
             .next_deadline()
-            .is_some_and(|t| self.core_time(now) >= t)
+            .is_some_and(|t| self.clock.at(now) >= t)
     }
 
     /// Runs the guard's commands until it decides: probes, then fences (may take a while:
@@ -110,18 +103,18 @@ impl Guard {
     pub(crate) fn check(&mut self, view: &mut BackupView) -> Verdict {
         // Each check is at most probe, fence, take over: the bound only guards the loop.
         for _ in 0..4 {
-            let now = self.core_time(Instant::now());
+            let now = self.clock.now();
             let refused = match self.guard.poll(now) {
                 None => return Verdict::Refused,
                 Some(GuardCommand::TakeOver) => return Verdict::TakeOver,
                 Some(GuardCommand::Probe(addresses)) => {
                     let result = self.probe_all(&addresses);
-                    let now = self.core_time(Instant::now());
+                    let now = self.clock.now();
                     self.guard.on_probe(now, result)
                 }
                 Some(GuardCommand::Fence) => {
                     let result = self.fence();
-                    let now = self.core_time(Instant::now());
+                    let now = self.clock.now();
                     self.guard.on_fence(now, result)
                 }
             };
@@ -170,7 +163,7 @@ impl Guard {
 
     /// The alerts of the guard's state at `now`.
     pub(crate) fn alerts(&self, now: Instant) -> Vec<String> {
-        self.guard.alerts(self.core_time(now))
+        self.guard.alerts(self.clock.at(now))
     }
 }
 

@@ -4,6 +4,7 @@
 use super::agent::{Agent, service_set, start_replication};
 use super::ownership::{OtherHolder, Ownership};
 use super::{HoldTimes, PrimaryError, PrimaryMonitor, RunEnd};
+use crate::clock::CoreClock;
 use crate::options::PrimaryOptions;
 use cttm_capture::CaptureSource;
 use cttm_capture::nfqueue::{NfqueueConfig, NfqueueSource, PacketId, QueueDirections};
@@ -104,8 +105,8 @@ struct Hold {
     samples: Vec<u64>,
     policy: DegradePolicy,
     last_check: Option<Instant>,
-    /// The origin of the times the degrade policy is given (it reads no clock).
-    origin: Instant,
+    /// The times the degrade policy is given (it reads no clock).
+    clock: CoreClock,
 }
 
 impl Hold {
@@ -116,14 +117,8 @@ impl Hold {
             samples: Vec::new(),
             policy,
             last_check: None,
-            origin: Instant::now(),
+            clock: CoreClock::start(),
         }
-    }
-
-    /// `at` as the core's time, microseconds since this hold began.
-    fn core_time(&self, at: Instant) -> cttm_core::Instant {
-        let micros = at.saturating_duration_since(self.origin).as_micros();
-        cttm_core::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
     }
 
     fn held(&mut self, packet: PacketId, at: Instant) {
@@ -290,8 +285,8 @@ fn check_degrade(
         last_seq,
         all_reprotected,
     };
-    let oldest = hold.oldest().map(|at| hold.core_time(at));
-    let now = hold.core_time(now);
+    let oldest = hold.oldest().map(|at| hold.clock.at(at));
+    let now = hold.clock.at(now);
     match hold.policy.tick(now, oldest, health) {
         None => {}
         Some(Transition::Degrade(reason)) => {
