@@ -210,9 +210,26 @@ fn run_clients(
     loop {
         if Instant::now() > deadline {
             let done = conns.iter().filter(|c| c.eof).count();
+            // What each unfinished connection reached, and its socket's TCP state, so that a
+            // stall can be told apart (no data, no window, lost retransmissions).
+            let stalled: Vec<String> = conns
+                .iter()
+                .filter(|c| !c.eof)
+                .map(|c| {
+                    format!(
+                        "connection {}: sent {} received {} fin_sent {} tcp_info {:?}",
+                        c.conn,
+                        c.sent,
+                        c.received,
+                        c.fin_sent,
+                        socket_tcp_info(&c.stream)
+                    )
+                })
+                .collect();
             return Err(format!(
-                "client: deadline passed with {done}/{} connections complete",
-                conns.len()
+                "client: deadline passed with {done}/{} connections complete; {}",
+                conns.len(),
+                stalled.join("; ")
             ));
         }
         let resumed = resume.load(Ordering::Acquire);

@@ -34,22 +34,24 @@ mod takeover;
 mod view;
 mod watch;
 
+use crate::clock::CoreClock;
 use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::BackupOptions;
 use cttm_core::ReplicaConfig;
 use cttm_core::backup::Liveness;
+use cttm_core::backup::takeover::{TakeoverPlan, TakeoverStep, connections_to_take_over};
 use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
+use cttm_core::snapshot::ConnectionSnapshot;
 use cttm_replicate::store::StoreSubscription;
 use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
 use cttm_replicate::{
     BackupConfig, BackupService, PreSharedKey, ReplicaStore, Security, TransportError,
 };
 use cttm_restore::takeover::probe::ProbeError;
-use cttm_restore::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover, OpenError};
+use cttm_restore::takeover::{AnnounceConfig, NetlinkTakeover, OpenError};
 use guard::{Guard, Verdict};
 use shadow::ShadowSet;
 use splice::{SpliceEnd, SpliceSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,54 +89,7 @@ const ANSWER_WAIT: Duration = Duration::from_millis(50);
 /// How often replication link errors and reports are logged.
 const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Why a connection was ended with a reset at takeover instead of being continued.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResetReason {
-    /// The standby's output differed from the primary's at this server stream offset.
-    Diverged {
-        /// The first differing byte.
-        offset: u64,
-    },
-    /// The replica cannot restore the connection exactly (picked up mid-stream, capture
-    /// hole, retention exceeded, ...).
-    NotRestorable(String),
-    /// The handshake had not completed: there is no state to continue (no reset is needed:
-    /// the client's next segment is answered with one by the kernel).
-    HandshakeIncomplete,
-    /// No shadow session could follow the connection (standby unreachable, the backup
-    /// joined late, events were missed, ...).
-    NoShadow(String),
-    /// The primary acknowledged client bytes the backup does not hold.
-    MissingClientBytes {
-        /// The first missing client stream offset.
-        from: u64,
-        /// The first offset held again.
-        to: u64,
-    },
-    /// The TCP_REPAIR restore failed.
-    RestoreFailed(String),
-}
-
-impl fmt::Display for ResetReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ResetReason::Diverged { offset } => {
-                write!(
-                    f,
-                    "diverged: the standby's output differs at server offset {offset}"
-                )
-            }
-            ResetReason::NotRestorable(why) => write!(f, "not restorable: {why}"),
-            ResetReason::HandshakeIncomplete => write!(f, "handshake incomplete"),
-            ResetReason::NoShadow(why) => write!(f, "no shadow session: {why}"),
-            ResetReason::MissingClientBytes { from, to } => write!(
-                f,
-                "the backup misses client bytes {from}..{to} the primary acknowledged"
-            ),
-            ResetReason::RestoreFailed(why) => write!(f, "restore failed: {why}"),
-        }
-    }
-}
+pub use cttm_core::backup::takeover::ResetReason;
 
 /// What a backup run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -195,9 +150,10 @@ pub enum BackupError {
         "cannot probe the service addresses: {0}; check `interface`, or set `probe_count = 0` to take over without probing (split brain is then possible)"
     )]
     Probe(#[from] ProbeError),
-    /// Claiming a service address failed at takeover.
-    #[error("claiming the service address failed: {0}")]
-    Claim(#[source] ClaimError),
+    /// The takeover could not complete (claiming a service address failed); the network
+    /// lock was released and no connection was restored.
+    #[error("the takeover failed: {0}; check the interface and the service addresses")]
+    Takeover(String),
     /// Waiting on the shadow or spliced sockets failed.
     #[error(
         "poll(2) on the shadow and spliced sockets failed: {0}; check the open file limit (`ulimit -n`)"
@@ -373,7 +329,7 @@ struct Serving {
 fn take_over(
     options: &BackupOptions,
     services: ServiceSet,
-    mut netlink: NetlinkTakeover,
+    netlink: NetlinkTakeover,
     addresses: &[IpAddr],
     protect: Protect,
 ) -> Result<Serving, BackupError> {
@@ -400,42 +356,82 @@ fn take_over(
         shadows.unprotect_all("the shadow sessions missed replica changes");
     }
     shadows.pump(Duration::ZERO)?;
-    let connections = takeover::connections(&store);
-    takeover::resolve_clients(&connections);
-    // From before the claim until every connection is restored, client segments are dropped
-    // on arrival (released on every exit path when `network_lock` is dropped).
-    let mut network_lock = lock::NetworkLock::engage(&options.services);
-    takeover::claim(&mut netlink, addresses, options.service_prefix_len)?;
+    let connections = connections_to_take_over(store.snapshots());
+    let clock = CoreClock::start();
+    let mut plan = TakeoverPlan::new(
+        connections,
+        addresses.to_vec(),
+        options.service_prefix_len,
+        ANSWER_WAIT,
+    );
+    // Released on every exit path when dropped.
+    let mut network_lock = None;
+    let mut netlink = Some(netlink);
     let mut exit = BackupExit::default();
     let mut splices = SpliceSet::new();
-    for snapshot in connections {
-        let id = snapshot.id;
-        let shadow = shadows.take(&id);
-        // Segments captured so far predate this restore: they must not count as the client's
-        // answer to its window probe (read them while the connection has no splice yet).
-        if let Some(w) = &mut watch {
-            w.observe(&mut splices);
-        }
-        match takeover::take_over_connection(&store, &snapshot, shadow) {
-            Outcome::Restored(splice) => {
-                tracing::info!(connection = %id, "connection restored and spliced to its shadow session");
-                splices.add(*splice);
-                exit.restored.push(id);
+    let mut announcing = None;
+    loop {
+        match plan.poll(clock.now()) {
+            TakeoverStep::ResolveNeighbours(clients) => takeover::resolve_clients(&clients),
+            TakeoverStep::EngageLock => {
+                network_lock = Some(lock::NetworkLock::engage(&options.services));
             }
-            Outcome::Reset(reason) => {
-                tracing::warn!(connection = %id, %reason, "connection lost: reset at takeover");
-                if let ResetReason::Diverged { offset } = reason {
-                    exit.diverged.push((id, offset));
+            TakeoverStep::Claim {
+                addresses,
+                prefix_len,
+            } => {
+                let result = match netlink.as_mut() {
+                    Some(n) => {
+                        takeover::claim(n, &addresses, prefix_len).map_err(|e| e.to_string())
+                    }
+                    None => Err("the takeover interface is closed".to_string()),
+                };
+                plan.on_claimed(result);
+            }
+            TakeoverStep::Connection(snapshot) => {
+                take_over_one(
+                    &store,
+                    &mut shadows,
+                    &mut watch,
+                    &mut splices,
+                    &mut exit,
+                    &snapshot,
+                );
+            }
+            TakeoverStep::AwaitAnswers { until } => match &mut watch {
+                Some(w) => {
+                    w.observe(&mut splices);
+                    if splices.all_acks_seen() {
+                        plan.on_answers_seen();
+                    } else {
+                        let left = clock
+                            .instant(until)
+                            .saturating_duration_since(std::time::Instant::now());
+                        std::thread::sleep(left.min(Duration::from_millis(2)));
+                    }
                 }
-                exit.reset.push((id, reason));
+                // Without a capture no answer can be seen: nothing to wait for.
+                None => plan.on_answers_seen(),
+            },
+            TakeoverStep::Reseat => {
+                if watch.is_some() {
+                    reseat(&mut splices, &mut exit);
+                }
             }
+            TakeoverStep::ReleaseLock => {
+                if let Some(lock) = &mut network_lock {
+                    lock.release();
+                }
+            }
+            TakeoverStep::Announce(addresses) => {
+                if let Some(n) = netlink.take() {
+                    announcing = takeover::announce(n, &addresses);
+                }
+            }
+            TakeoverStep::Done => break,
+            TakeoverStep::Failed(why) => return Err(BackupError::Takeover(why)),
         }
     }
-    if let Some(w) = &mut watch {
-        reseat(w, &mut splices, &mut exit);
-    }
-    network_lock.release();
-    let announcing = takeover::announce(netlink, addresses);
     let took = started.elapsed();
     exit.takeover = Some(took);
     tracing::warn!(
@@ -537,18 +533,43 @@ fn record_end(exit: &mut BackupExit, id: ConnectionId, end: SpliceEnd) {
     }
 }
 
-/// Under the network lock: waits (at most [`ANSWER_WAIT`]) for each client's answer to its
-/// restored socket's window probe (the capture sees it even though the lock drops it), then
-/// re-seats the restored sockets whose client lacks server bytes (see `Splice::reseat`).
-fn reseat(watch: &mut watch::Watch, splices: &mut SpliceSet, exit: &mut BackupExit) {
-    let deadline = std::time::Instant::now() + ANSWER_WAIT;
-    loop {
-        watch.observe(splices);
-        if splices.all_acks_seen() || std::time::Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+/// One connection of the takeover: restored and spliced, or reset (see
+/// `takeover::take_over_connection`).
+fn take_over_one(
+    store: &ReplicaStore,
+    shadows: &mut ShadowSet,
+    watch: &mut Option<watch::Watch>,
+    splices: &mut SpliceSet,
+    exit: &mut BackupExit,
+    snapshot: &ConnectionSnapshot,
+) {
+    let id = snapshot.id;
+    let shadow = shadows.take(&id);
+    // Segments captured so far predate this restore: they must not count as the client's
+    // answer to its window probe (read them while the connection has no splice yet).
+    if let Some(w) = watch {
+        w.observe(splices);
     }
+    match takeover::take_over_connection(store, snapshot, shadow) {
+        Outcome::Restored(splice) => {
+            tracing::info!(connection = %id, "connection restored and spliced to its shadow session");
+            splices.add(*splice);
+            exit.restored.push(id);
+        }
+        Outcome::Reset(reason) => {
+            tracing::warn!(connection = %id, %reason, "connection lost: reset at takeover");
+            if let ResetReason::Diverged { offset } = reason {
+                exit.diverged.push((id, offset));
+            }
+            exit.reset.push((id, reason));
+        }
+    }
+}
+
+/// Under the network lock, once the clients' answers to the restored sockets' window probes
+/// arrived (or the wait ended): re-seats the restored sockets whose client lacks server bytes
+/// (see `Splice::reseat`).
+fn reseat(splices: &mut SpliceSet, exit: &mut BackupExit) {
     let (lost, reseated) = splices.reseat_all();
     if reseated > 0 {
         tracing::info!(
