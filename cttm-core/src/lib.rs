@@ -17,6 +17,7 @@
 //! | [`snapshot`] | [`ConnectionSnapshot`]: everything a socket restore needs |
 //! | [`replica`] | the backup's pure state: [`Replica`] |
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
+//! | [`replication`] | the replication protocol's two endpoints ([`replication::Primary`], [`replication::Backup`]: numbering, acknowledgements, resynchronisation, heartbeats, failure detection, retention) and its messages ([`replication::WireMessage`]) |
 //! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
 //! | [`primary`] | the primary host's decisions: the degrade policy of sync mode |
 //! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
@@ -32,6 +33,7 @@ pub mod observe;
 pub mod primary;
 pub mod record;
 pub mod replica;
+pub mod replication;
 pub mod seq;
 pub mod snapshot;
 pub mod time;

@@ -4,27 +4,22 @@
 //! [`cttm_core::ReplicationMessage`]s, to the backup's [`ReplicaStore`], so the backup can
 //! restore every connection at the exact byte.
 //!
-//! | module | concept |
-//! |---|---|
-//! | [`transport`] | the [`ReplicationTransport`] trait (the I/O edge) and its in-memory, fault-injecting and TCP implementations |
-//! | [`frame`] | length-prefixed frames with a bounded size |
-//! | [`noise`] | Noise (pre-shared key) authentication and encryption of every frame, the handshake, message chunking |
-//! | [`wire`] | the protocol's messages and their encoding, the version-checked hello |
-//! | [`primary`] | the primary's protocol state (sans-IO): sequence numbers, retained queue, acknowledgements, resynchronisation |
-//! | [`backup`] | the backup's protocol state (sans-IO): in-order application, acknowledgements, resync requests |
-//! | [`store`] | the backup's replica store, shared with readers |
-//! | [`service`] | threads that run the protocol over a transport |
+//! The protocol's two endpoints are sans-IO state machines of the core
+//! ([`cttm_core::replication`], whose documentation describes the protocol); this crate holds
+//! what touches bytes and threads: the encoding, framing, authentication, transports, the
+//! shared replica store and the services that drive the endpoints. The endpoints' types are
+//! re-exported here under their former paths.
 //!
-//! # Protocol in one paragraph
-//! Each link starts with a handshake (mode byte, Noise `NNpsk0`, then one [`wire::Hello`] each
-//! way agreeing on protocol version and services). The backup then sends a
-//! [`wire::ResyncRequest`] (what it holds); the primary answers with a
-//! [`wire::WireMessage::Resync`] and resends what is missing. Every message carrying state is
-//! numbered; the backup applies them strictly in order and acknowledges; the primary keeps
-//! what is unacknowledged within a bounded queue, and knows per connection which client and
-//! server offsets the backup holds ([`Primary::acknowledged`]), for output commit. Heartbeats
-//! flow both ways and a failure detector declares the peer dead after a configured number of
-//! missed intervals.
+//! | module | concept | lives in |
+//! |---|---|---|
+//! | [`transport`] | the [`ReplicationTransport`] trait (the I/O edge) and its in-memory, fault-injecting and TCP implementations | here |
+//! | [`frame`] | length-prefixed frames with a bounded size | here |
+//! | [`noise`] | Noise (pre-shared key) authentication and encryption of every frame, the handshake, message chunking | here |
+//! | [`wire`] | the protocol's messages (re-exported) and their postcard encoding ([`wire::encode`], [`wire::decode`]), the version-checked hello ([`wire::encode_hello`], [`wire::decode_hello`]) | messages: [`cttm_core::replication::message`]; encoding: here |
+//! | [`primary`] | the primary's protocol state (sans-IO): sequence numbers, retained queue, acknowledgements, resynchronisation | [`cttm_core::replication::primary`] (re-exported) |
+//! | [`backup`] | the backup's protocol state (sans-IO): in-order application, acknowledgements, resync requests; [`Backup`] applies to a [`ReplicaStore`] | [`cttm_core::replication::backup`] (re-exported) |
+//! | [`store`] | the backup's replica store, shared with readers; implements [`cttm_core::replication::BackupReplica`] | here |
+//! | [`service`] | threads that run the protocol over a transport | here |
 #![forbid(unsafe_code)]
 
 pub mod backup;

@@ -23,7 +23,7 @@
 
 use crate::frame::{FrameError, FrameReader, encode_frame};
 use crate::transport::{HandshakeError, TransportError};
-use crate::wire::{Hello, Role, WireMessage};
+use crate::wire::{self, Hello, Role, WireMessage};
 use cttm_core::endpoint::ServiceSet;
 use snow::StatelessTransportState;
 use std::fmt;
@@ -289,7 +289,7 @@ pub fn establish<R: Read, W: Write>(
     };
     let hello = Hello::new(role, services.clone());
     let check = |bytes: &[u8]| -> Result<(), TransportError> {
-        let peer = Hello::decode(bytes)?;
+        let peer = wire::decode_hello(bytes)?;
         if peer.role == role {
             return Err(HandshakeError::SameRole(role).into());
         }
@@ -303,14 +303,14 @@ pub fn establish<R: Read, W: Write>(
         Ok(())
     };
     if initiator {
-        writer.send_bytes(&hello.encode())?;
+        writer.send_bytes(&wire::encode_hello(&hello))?;
         let bytes = reader.recv_bytes_handshake()?;
         check(&bytes)?;
     } else {
         let bytes = reader.recv_bytes_handshake()?;
         // Answer with our hello even when theirs is refused, so the peer can name both
         // versions (or both service sets) in its own error.
-        writer.send_bytes(&hello.encode())?;
+        writer.send_bytes(&wire::encode_hello(&hello))?;
         check(&bytes)?;
     }
     Ok((reader, writer))
@@ -327,7 +327,7 @@ fn list_services(s: &ServiceSet) -> String {
 impl<W: Write> ChannelWriter<W> {
     /// Sends one message.
     pub fn send(&mut self, message: &WireMessage) -> Result<(), TransportError> {
-        let bytes = message.encode();
+        let bytes = wire::encode(message);
         self.send_bytes(&bytes)
     }
 
@@ -336,7 +336,7 @@ impl<W: Write> ChannelWriter<W> {
     pub fn send_batch(&mut self, messages: &[WireMessage]) -> Result<(), TransportError> {
         self.sealed.clear();
         for m in messages {
-            self.seal_message(&m.encode())?;
+            self.seal_message(&wire::encode(m))?;
         }
         self.stream.write_all(&self.sealed)?;
         Ok(())
@@ -400,7 +400,7 @@ impl<R: Read> ChannelReader<R> {
     /// `Ok(None)` when the read timed out.
     pub fn recv(&mut self) -> Result<Option<WireMessage>, TransportError> {
         match self.recv_bytes(true)? {
-            Some(bytes) => Ok(Some(WireMessage::decode(&bytes)?)),
+            Some(bytes) => Ok(Some(wire::decode(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -408,7 +408,7 @@ impl<R: Read> ChannelReader<R> {
     /// Receives a message already buffered, without reading the stream.
     pub fn recv_buffered(&mut self) -> Result<Option<WireMessage>, TransportError> {
         match self.recv_bytes(false)? {
-            Some(bytes) => Ok(Some(WireMessage::decode(&bytes)?)),
+            Some(bytes) => Ok(Some(wire::decode(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -696,7 +696,7 @@ mod tests {
             .map(|_| ())
         });
         // A primary of protocol version 9, in plaintext mode.
-        let mut hello = Hello::new(Role::Primary, services()).encode();
+        let mut hello = wire::encode_hello(&Hello::new(Role::Primary, services()));
         hello[4..6].copy_from_slice(&9u16.to_be_bytes());
         let mut out = Vec::new();
         encode_frame(b"P", DEFAULT_MAX_FRAME_LEN, &mut out).unwrap();
@@ -715,7 +715,7 @@ mod tests {
         let mut frames = FrameReader::new(DEFAULT_MAX_FRAME_LEN);
         assert_eq!(frames.read_frame(&mut a).unwrap().unwrap(), b"P");
         let reply = frames.read_frame(&mut a).unwrap().unwrap();
-        assert_eq!(Hello::decode(&reply[1..]).unwrap().role, Role::Backup);
+        assert_eq!(wire::decode_hello(&reply[1..]).unwrap().role, Role::Backup);
     }
 
     #[test]

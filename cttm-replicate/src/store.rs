@@ -1,45 +1,25 @@
-//! The backup's replica store: a [`Replica`] that applies sequenced messages strictly in
-//! sequence order, shared between the replication thread and readers (restore, shadow
-//! sessions) through a cloneable, thread-safe handle.
+//! The backup's replica store: the core's [`SequencedReplica`] (a [`Replica`] that applies
+//! sequenced messages strictly in sequence order), shared between the replication thread and
+//! readers (restore, shadow sessions) through a cloneable, thread-safe handle, with counters
+//! and subscriptions to what it applies. It is the [`BackupReplica`] the
+//! [`Backup`](crate::Backup) endpoint applies to.
 
 use crate::wire::Payload;
 use cttm_core::ConnectionEvent;
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::message::MessageV1;
 use cttm_core::record::Applied;
-use cttm_core::replica::{Holding, ReplicaError};
+use cttm_core::replica::Holding;
+pub use cttm_core::replication::backup::SequencedOutcome;
+use cttm_core::replication::backup::{BackupReplica, SequencedReplica};
 use cttm_core::snapshot::ConnectionSnapshot;
 use cttm_core::{Replica, ReplicaConfig, ReplicationMessage, Side};
 use parking_lot::RwLock;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
-
-/// What applying one sequenced message did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SequencedOutcome {
-    /// It was the next message and was applied.
-    Applied(Applied),
-    /// Its sequence number was already applied; nothing changed.
-    Duplicate,
-    /// Messages before it are missing; nothing changed. Resynchronise.
-    Gap {
-        /// The sequence number expected.
-        expected: u64,
-        /// The one that arrived.
-        got: u64,
-    },
-    /// It was the next message but the replica rejected it (the connection diverged). Its
-    /// sequence number is consumed; the connection needs a whole record.
-    Rejected {
-        /// The connection concerned.
-        id: Option<ConnectionId>,
-        /// Why.
-        error: ReplicaError,
-    },
-}
 
 /// Counters of the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,9 +85,7 @@ struct Subscriber {
 
 #[derive(Debug)]
 struct StoreInner {
-    replica: Replica,
-    applied_seq: u64,
-    consumed_dirty: BTreeSet<ConnectionId>,
+    replica: SequencedReplica,
     stats: StoreStats,
     subscribers: Vec<Subscriber>,
 }
@@ -143,35 +121,26 @@ impl ReplicaStore {
     pub fn new(config: ReplicaConfig) -> ReplicaStore {
         ReplicaStore {
             inner: Arc::new(RwLock::new(StoreInner {
-                replica: Replica::new(config),
-                applied_seq: 0,
-                consumed_dirty: BTreeSet::new(),
+                replica: SequencedReplica::new(config),
                 stats: StoreStats::default(),
                 subscribers: Vec::new(),
             })),
         }
     }
 
-    /// Applies the message numbered `seq` if it is the next one (`applied_seq() + 1`).
+    /// Applies the message numbered `seq` if it is the next one (`applied_seq() + 1`), as
+    /// [`SequencedReplica`] does, counting what happened and telling the subscribers what
+    /// changed.
     pub fn apply_sequenced(&self, seq: u64, payload: &Payload) -> SequencedOutcome {
         let mut inner = self.inner.write();
-        if seq <= inner.applied_seq {
-            inner.stats.duplicates += 1;
-            return SequencedOutcome::Duplicate;
-        }
-        if seq != inner.applied_seq + 1 {
-            inner.stats.gaps += 1;
-            return SequencedOutcome::Gap {
-                expected: inner.applied_seq + 1,
-                got: seq,
-            };
-        }
-        inner.applied_seq = seq;
         let forgotten = match payload {
-            Payload::Retain(keep) if !inner.subscribers.is_empty() => {
+            Payload::Retain(keep)
+                if !inner.subscribers.is_empty() && seq == inner.replica.applied_seq() + 1 =>
+            {
                 let keep: BTreeSet<_> = keep.iter().copied().collect();
                 inner
                     .replica
+                    .replica()
                     .records()
                     .map(|r| r.id())
                     .filter(|id| !keep.contains(id))
@@ -179,22 +148,19 @@ impl ReplicaStore {
             }
             _ => Vec::new(),
         };
-        match apply_payload(&mut inner.replica, payload) {
-            Ok(a) => {
+        let outcome = inner.replica.apply_sequenced(seq, payload);
+        match &outcome {
+            SequencedOutcome::Applied(a) => {
                 inner.stats.applied += 1;
-                if a == Applied::Changed {
+                if *a == Applied::Changed {
                     publish_applied(&mut inner, payload, forgotten);
                 }
-                SequencedOutcome::Applied(a)
             }
-            Err(error) => {
-                inner.stats.rejected += 1;
-                SequencedOutcome::Rejected {
-                    id: payload.connection(),
-                    error,
-                }
-            }
+            SequencedOutcome::Duplicate => inner.stats.duplicates += 1,
+            SequencedOutcome::Gap { .. } => inner.stats.gaps += 1,
+            SequencedOutcome::Rejected { .. } => inner.stats.rejected += 1,
         }
+        outcome
     }
 
     /// Subscribes to the store's changes from now on: every applied change, through a queue
@@ -212,12 +178,7 @@ impl ReplicaStore {
 
     /// The highest sequence number applied (every one below it is applied too).
     pub fn applied_seq(&self) -> u64 {
-        self.inner.read().applied_seq
-    }
-
-    /// Moves the sequence position (after the primary announced a resynchronisation).
-    pub(crate) fn set_applied_seq(&self, seq: u64) {
-        self.inner.write().applied_seq = seq;
+        self.inner.read().replica.applied_seq()
     }
 
     /// What the replica holds, per connection ([`Replica::holdings`]: stream ends in
@@ -228,12 +189,12 @@ impl ReplicaStore {
 
     /// Snapshots of every connection, ordered by identity.
     pub fn snapshots(&self) -> Vec<ConnectionSnapshot> {
-        self.inner.read().replica.snapshots()
+        self.inner.read().replica.replica().snapshots()
     }
 
     /// The snapshot of one connection.
     pub fn snapshot(&self, id: &ConnectionId) -> Option<ConnectionSnapshot> {
-        self.inner.read().replica.snapshot(id)
+        self.inner.read().replica.replica().snapshot(id)
     }
 
     /// The retained client bytes of a connection, with the offset of the first one.
@@ -249,7 +210,7 @@ impl ReplicaStore {
 
     fn retained(&self, id: &ConnectionId, side: Side) -> Option<(u64, Vec<u8>)> {
         let inner = self.inner.read();
-        let stream = inner.replica.record(id)?.stream(side);
+        let stream = inner.replica.replica().record(id)?.stream(side);
         let from = stream.retained_from();
         Some((from, stream.bytes_between(from, stream.received_end())))
     }
@@ -257,38 +218,17 @@ impl ReplicaStore {
     /// Releases a connection's client bytes below `upto` (its shadow session consumed them);
     /// the primary learns it with the next acknowledgement and releases its copies.
     pub fn consume_client(&self, id: &ConnectionId, upto: u64) {
-        let mut inner = self.inner.write();
-        inner.replica.consume_client(id, upto);
-        inner.consumed_dirty.insert(*id);
-    }
-
-    /// Client-consumption positions changed since the last call (for acknowledgements).
-    pub(crate) fn take_consumed(&self) -> Vec<(ConnectionId, u64)> {
-        let mut inner = self.inner.write();
-        let dirty = std::mem::take(&mut inner.consumed_dirty);
-        dirty
-            .into_iter()
-            .filter_map(|id| {
-                Some((
-                    id,
-                    inner
-                        .replica
-                        .record(&id)?
-                        .stream(Side::Client)
-                        .retained_from(),
-                ))
-            })
-            .collect()
+        self.inner.write().replica.consume_client(id, upto);
     }
 
     /// How many connections are held.
     pub fn len(&self) -> usize {
-        self.inner.read().replica.len()
+        self.inner.read().replica.replica().len()
     }
 
     /// True when no connection is held.
     pub fn is_empty(&self) -> bool {
-        self.inner.read().replica.is_empty()
+        self.inner.read().replica.replica().is_empty()
     }
 
     /// The counters.
@@ -298,7 +238,30 @@ impl ReplicaStore {
 
     /// Runs `f` with read access to the replica.
     pub fn with_replica<T>(&self, f: impl FnOnce(&Replica) -> T) -> T {
-        f(&self.inner.read().replica)
+        f(self.inner.read().replica.replica())
+    }
+}
+
+/// The store as the backup endpoint's replica ([`Backup`](crate::Backup) applies to it).
+impl BackupReplica for ReplicaStore {
+    fn apply_sequenced(&mut self, seq: u64, payload: &Payload) -> SequencedOutcome {
+        ReplicaStore::apply_sequenced(self, seq, payload)
+    }
+
+    fn applied_seq(&self) -> u64 {
+        ReplicaStore::applied_seq(self)
+    }
+
+    fn set_applied_seq(&mut self, seq: u64) {
+        self.inner.write().replica.set_applied_seq(seq);
+    }
+
+    fn holdings(&self) -> Vec<Holding> {
+        ReplicaStore::holdings(self)
+    }
+
+    fn take_consumed(&mut self) -> Vec<(ConnectionId, u64)> {
+        self.inner.write().replica.take_consumed()
     }
 }
 
@@ -318,46 +281,6 @@ fn publish_applied(inner: &mut StoreInner, payload: &Payload, forgotten: Vec<Con
             }
         }
     }
-}
-
-/// Applies one payload. A whole record replacing one of the same incarnation keeps the
-/// client bytes already consumed released (the primary's copy may still hold them).
-fn apply_payload(replica: &mut Replica, payload: &Payload) -> Result<Applied, ReplicaError> {
-    match payload {
-        Payload::Message(m @ ReplicationMessage::V1(MessageV1::Record(record))) => {
-            let consumed = replica.record(&record.id()).and_then(|old| {
-                (old.handshake() == record.handshake())
-                    .then(|| old.stream(Side::Client).retained_from())
-            });
-            let applied = replica.apply_message(m)?;
-            if let Some(upto) = consumed {
-                replica.consume_client(&record.id(), upto);
-            }
-            Ok(applied)
-        }
-        Payload::Message(m) => replica.apply_message(m),
-        Payload::Retain(keep) => {
-            let keep: BTreeSet<_> = keep.iter().copied().collect();
-            let drop: Vec<_> = replica
-                .records()
-                .map(|r| r.id())
-                .filter(|id| !keep.contains(id))
-                .collect();
-            for id in &drop {
-                replica.forget(id);
-            }
-            Ok(if drop.is_empty() {
-                Applied::Duplicate
-            } else {
-                Applied::Changed
-            })
-        }
-    }
-}
-
-/// Holdings keyed by connection, for comparisons.
-pub(crate) fn holdings_by_id(holdings: &[Holding]) -> BTreeMap<ConnectionId, Holding> {
-    holdings.iter().map(|h| (h.id, *h)).collect()
 }
 
 #[cfg(test)]
@@ -440,30 +363,6 @@ mod tests {
         assert_eq!(store.applied_seq(), 3);
         let s = store.stats();
         assert_eq!((s.applied, s.duplicates, s.gaps, s.rejected), (2, 1, 1, 1));
-    }
-
-    #[test]
-    fn a_record_of_the_same_incarnation_keeps_consumed_bytes_released() {
-        let store = ReplicaStore::new(ReplicaConfig::default());
-        store.apply_sequenced(1, &opened());
-        store.apply_sequenced(
-            2,
-            &ev(EventKind::ClientData {
-                offset: 0,
-                bytes: b"abcdef".to_vec(),
-            }),
-        );
-        let record = store.with_replica(|r| r.record(&id()).unwrap().clone());
-        store.consume_client(&id(), 4);
-        assert_eq!(store.take_consumed(), vec![(id(), 4)]);
-        assert_eq!(store.take_consumed(), vec![]);
-        store.apply_sequenced(
-            3,
-            &Payload::Message(MessageV1::Record(Box::new(record)).into()),
-        );
-        assert_eq!(store.client_bytes(&id()), Some((4, b"ef".to_vec())));
-        store.apply_sequenced(4, &Payload::Retain(vec![]));
-        assert!(store.is_empty());
     }
 
     #[test]
