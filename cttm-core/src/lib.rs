@@ -21,6 +21,7 @@
 //! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
 //! | [`primary`] | the primary host's decisions: the degrade policy of sync mode |
 //! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
+//! | [`io`] | the traits at every I/O edge (capture with deferred verdicts, the replication link, restore, address takeover, probe, fencing, the standby daemon), with their contracts |
 //! | [`observe`] | the operator's view of an agent ([`observe::AgentView`]) and its subscription |
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod backup;
 pub mod commit;
 pub mod endpoint;
 pub mod event;
+pub mod io;
 pub mod message;
 pub mod observe;
 pub mod primary;

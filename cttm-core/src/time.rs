@@ -83,3 +83,29 @@ impl fmt::Display for Instant {
         fmt::Debug::fmt(self, f)
     }
 }
+
+/// A driver's monotonic origin: turns the `std::time::Instant`s a driver reads into the core's
+/// [`Instant`] (microseconds since the origin) and back. It holds an instant the driver read;
+/// it reads no clock itself (a driver writes `origin.at(std::time::Instant::now())`).
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicOrigin {
+    origin: std::time::Instant,
+}
+
+impl MonotonicOrigin {
+    /// An origin at `origin` (a driver passes `std::time::Instant::now()` when it starts).
+    pub fn new(origin: std::time::Instant) -> MonotonicOrigin {
+        MonotonicOrigin { origin }
+    }
+
+    /// `at` as the core's time; instants before the origin map to the origin.
+    pub fn at(&self, at: std::time::Instant) -> Instant {
+        let micros = at.saturating_duration_since(self.origin).as_micros();
+        Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// A core time back as a monotonic instant.
+    pub fn instant(&self, at: Instant) -> std::time::Instant {
+        self.origin + Duration::from_micros(at.micros())
+    }
+}

@@ -432,6 +432,27 @@ impl BackupService {
         }
     }
 
+    /// The backup's link over authenticated TCP, in one call: listens on `listen` (in the
+    /// calling thread's network namespace) for the primary protecting `services`, both
+    /// authenticated with `key` (Noise), and applies what it replicates to a new, empty
+    /// replica.
+    pub fn listen_tcp(
+        listen: std::net::SocketAddr,
+        key: crate::PreSharedKey,
+        services: cttm_core::ServiceSet,
+        config: BackupConfig,
+    ) -> Result<BackupService, TransportError> {
+        use crate::transport::tcp::{TcpBackupTransport, TcpConfig};
+        let tcp = TcpConfig::new(crate::Security::Noise(key), services);
+        let transport = TcpBackupTransport::bind(tcp, listen)?;
+        Ok(BackupService::start(
+            config,
+            ReplicaStore::new(cttm_core::ReplicaConfig::default()),
+            crate::random_epoch(),
+            Arc::new(transport),
+        ))
+    }
+
     /// The replica store (a handle readers may clone).
     pub fn store(&self) -> &ReplicaStore {
         &self.store
@@ -524,5 +545,73 @@ fn backup_loop(s: &BackupShared) {
                 s.transport.reset();
             }
         }
+    }
+}
+
+fn error_messages((errors, dropped): (Vec<TransportError>, u64)) -> (Vec<String>, u64) {
+    (errors.iter().map(ToString::to_string).collect(), dropped)
+}
+
+impl cttm_core::io::link::PrimaryLink for PrimaryService {
+    fn submit_all(&self, messages: Vec<ReplicationMessage>) -> Result<Vec<Submitted>, SubmitError> {
+        PrimaryService::submit_all(self, messages)
+    }
+
+    fn forget_closed(&self, closed_before: Instant) -> usize {
+        PrimaryService::forget_closed(self, closed_before)
+    }
+
+    fn acknowledged(&self, id: &ConnectionId) -> Option<AckedOffsets> {
+        PrimaryService::acknowledged(self, id)
+    }
+
+    fn unprotected(&self) -> Vec<(ConnectionId, UnprotectedReason)> {
+        PrimaryService::unprotected(self)
+    }
+
+    fn acked_seq(&self) -> u64 {
+        PrimaryService::acked_seq(self)
+    }
+
+    fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {
+        PrimaryService::wait_acked(self, seq, timeout)
+    }
+
+    fn link_up(&self) -> bool {
+        PrimaryService::link_up(self)
+    }
+
+    fn backup_alive(&self) -> bool {
+        PrimaryService::backup_alive(self)
+    }
+
+    fn take_errors(&self) -> (Vec<String>, u64) {
+        error_messages(PrimaryService::take_errors(self))
+    }
+
+    fn take_reports(&self) -> Vec<PrimaryReport> {
+        PrimaryService::take_reports(self)
+    }
+}
+
+impl cttm_core::io::link::BackupLink for BackupService {
+    fn primary_alive(&self) -> bool {
+        BackupService::primary_alive(self)
+    }
+
+    fn link_up(&self) -> bool {
+        BackupService::link_up(self)
+    }
+
+    fn take_errors(&self) -> (Vec<String>, u64) {
+        error_messages(BackupService::take_errors(self))
+    }
+
+    fn take_reports(&self) -> Vec<BackupReport> {
+        BackupService::take_reports(self)
+    }
+
+    fn replica(&self) -> Arc<dyn cttm_core::io::link::ReplicaAccess> {
+        Arc::new(self.store.clone())
     }
 }

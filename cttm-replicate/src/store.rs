@@ -5,7 +5,6 @@
 //! [`Backup`](crate::Backup) endpoint applies to.
 
 use crate::wire::Payload;
-use cttm_core::ConnectionEvent;
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::message::MessageV1;
 use cttm_core::record::Applied;
@@ -35,19 +34,9 @@ pub struct StoreStats {
 }
 
 /// What a subscriber learns about the store's connections ([`ReplicaStore::subscribe`]), in
-/// the order the changes were applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreEvent {
-    /// An event was applied to its connection's record and changed it.
-    Event(ConnectionEvent),
-    /// A whole record replaced the connection's (a resynchronisation): read it from the
-    /// store ([`ReplicaStore::client_bytes`], [`ReplicaStore::server_bytes`],
-    /// [`ReplicaStore::with_replica`]).
-    Record(ConnectionId),
-    /// The connection was dropped from the store (forgotten by the primary, or not retained
-    /// by a full resynchronisation).
-    Forgotten(ConnectionId),
-}
+/// the order the changes were applied (the core's
+/// [`ReplicaChange`](cttm_core::io::link::ReplicaChange)).
+pub use cttm_core::io::link::ReplicaChange as StoreEvent;
 
 /// A subscription to the store's changes: a bounded queue filled by the replication thread,
 /// which never waits for a slow subscriber. Changes that do not fit are dropped and counted
@@ -280,6 +269,38 @@ fn publish_applied(inner: &mut StoreInner, payload: &Payload, forgotten: Vec<Con
                 inner.publish(|| StoreEvent::Forgotten(id));
             }
         }
+    }
+}
+
+impl cttm_core::io::link::ReplicaAccess for ReplicaStore {
+    fn snapshots(&self) -> Vec<ConnectionSnapshot> {
+        ReplicaStore::snapshots(self)
+    }
+
+    fn inspect(&self, read: &mut dyn FnMut(&Replica)) {
+        self.with_replica(|r| read(r));
+    }
+
+    fn consume_client(&self, id: &ConnectionId, upto: u64) {
+        ReplicaStore::consume_client(self, id, upto);
+    }
+
+    fn connection_count(&self) -> usize {
+        self.len()
+    }
+
+    fn subscribe(&self, capacity: usize) -> Box<dyn cttm_core::io::link::ReplicaSubscription> {
+        Box::new(ReplicaStore::subscribe(self, capacity))
+    }
+}
+
+impl cttm_core::io::link::ReplicaSubscription for StoreSubscription {
+    fn try_recv(&mut self) -> Option<StoreEvent> {
+        StoreSubscription::try_recv(self)
+    }
+
+    fn lagged(&self) -> u64 {
+        StoreSubscription::lagged(self)
     }
 }
 

@@ -1,23 +1,67 @@
-//! cttm-restore: turning a [`ConnectionSnapshot`] back into a live server socket, and taking
-//! over the service address, on the host that continues a connection.
+//! # cttm-restore: the backup host's side of CTTM
 //!
-//! The two I/O edges of a failover live here as traits:
+//! Everything that continues a connection on the host that takes over: turning a
+//! [`ConnectionSnapshot`](cttm_core::ConnectionSnapshot) back into a live server socket
+//! (`TCP_REPAIR`), taking over the service address, probing and fencing before a takeover,
+//! and the backup driver that runs the core's machines over them ([`backup::BackupAgent`]).
+//!
+//! ## Embedding a backup
+//!
+//! A server that wants to continue its primary's connections adds `cttm-restore` (this
+//! role) and `cttm-replicate` (the link), then:
+//!
+//! ```no_run
+//! use cttm_core::{ServiceEndpoint, ServiceSet};
+//! use cttm_replicate::{BackupConfig, BackupService, PreSharedKey};
+//! use cttm_restore::backup::BackupAgent;
+//! use cttm_restore::standby::TcpStandby;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = "198.18.0.10:7000".parse()?;
+//! let services = ServiceSet::new([ServiceEndpoint::new(service)]);
+//! let key = PreSharedKey::new([7; 32]); // the primary's key
+//! let link = BackupService::listen_tcp("198.19.0.2:7700".parse()?, key, services, BackupConfig::default())?;
+//! let backup = BackupAgent::builder([service], "eth0")
+//!     .link(link) // what the primary replicates
+//!     .standby(TcpStandby::new("127.0.0.1:7000".parse()?)) // the standby daemon
+//!     .build()?
+//!     .spawn(); // protects, and takes over when the primary dies
+//! let view = backup.subscribe(); // what `cttmd status` shows
+//! # let _ = view;
+//! let exit = backup.join()?; // stop
+//! println!("{} connections restored", exit.restored.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Add a probe ([`takeover::probe::ProbeCheck`]) and a fence ([`fence::CommandFence`]) so
+//! that a primary cut off from the backup but still serving is never joined by a second
+//! server (split brain), and a capture of the service interface
+//! ([`backup::BackupBuilder::watch_capture`], AF_PACKET from `cttm-capture`) so that clients
+//! the backup fell behind on are reset at once instead of hanging.
+//!
+//! ## The edges
+//!
+//! The traits are the core's ([`cttm_core::io`]); this crate implements:
 //!
 //! - [`RestoreBackend`]: recreate the server side of one connection from a snapshot. The Linux
 //!   backend ([`repair::KernelRepairBackend`], cargo feature `tcp-repair`) uses `TCP_REPAIR`
 //!   in CRIU libsoccr's order; [`simulated::SimulatedRestoreBackend`] only records what it was
 //!   asked to restore, for tests of the code that drives restores.
-//! - [`AddressTakeover`]: claim, release and announce the service address.
+//! - [`AddressTakeover`]: claim, release and announce the service address
+//!   ([`takeover::NetlinkTakeover`]).
+//! - [`NeighbourProbe`](cttm_core::io::probe::NeighbourProbe) ([`takeover::probe::ProbeCheck`]),
+//!   [`Fence`](cttm_core::io::fence::Fence) ([`fence::CommandFence`]) and
+//!   [`StandbyConnector`](cttm_core::io::standby::StandbyConnector) ([`standby::TcpStandby`]).
 //!
-//! Backend-independent rules shared by every backend are plain functions here:
+//! Backend-independent rules shared by every backend are the core's, re-exported here:
 //! [`check_restorable`] (refuse snapshots that cannot be restored exactly) and
 //! [`plan_server_tsval`] (the RFC 7323 timestamp clock to install, never running backwards).
 
-use cttm_core::event::UnsafeReason;
-use cttm_core::snapshot::{ConnectionSnapshot, Restorability, TcpState};
-use cttm_core::time::Instant;
-use std::net::IpAddr;
-use std::time::Duration;
+pub use cttm_core::io::restore::{
+    ClockPolicy, RestoreBackend, RestoreError, RestoreOptions, check_restorable, plan_server_tsval,
+};
+pub use cttm_core::io::takeover::{AddressTakeover, TakeoverError};
 
 pub mod simulated;
 
@@ -30,377 +74,10 @@ pub mod takeover;
 #[cfg(all(feature = "tcp-repair", feature = "takeover", target_os = "linux"))]
 pub mod migrate;
 
-/// Recreates the server socket of a connection from a snapshot.
-///
-/// Contract:
-/// - `restore` either returns an endpoint that continues the connection at exactly the
-///   snapshot's sequence numbers (the client sees neither a reset nor a gap nor a duplicate
-///   byte), or an error, and then leaves no socket behind (a failed restore closes its socket
-///   in repair mode: no FIN, no RST).
-/// - Snapshots that are not restorable ([`check_restorable`]) are refused before any side
-///   effect.
-/// - The server's timestamp clock continues from the snapshot's ([`plan_server_tsval`]): a
-///   clock that would run backwards is refused or corrected as [`RestoreOptions::clock`] says.
-/// - The service address must be local before the restore: claim it first
-///   ([`AddressTakeover::claim`]) and announce it after. A restored socket sends at once
-///   (window probe, replayed FIN) from that address, and free bind
-///   ([`RestoreOptions::free_bind`]) does not lift the need on Linux (checked on 6.18: an
-///   IPv4 repair-mode connect fails with ENETUNREACH, the output route lookup refusing a
-///   non-local source). Backends refuse with [`RestoreError::AddressNotLocal`] before
-///   anything is sent.
-pub trait RestoreBackend {
-    /// The owned, live endpoint a restore produces.
-    type Endpoint;
+#[cfg(all(feature = "tcp-repair", feature = "takeover", target_os = "linux"))]
+pub mod backup;
 
-    /// Restores one connection.
-    fn restore(
-        &mut self,
-        snapshot: &ConnectionSnapshot,
-        options: &RestoreOptions,
-    ) -> Result<Self::Endpoint, RestoreError>;
-}
+#[cfg(target_os = "linux")]
+pub mod fence;
 
-/// Claims, releases and announces a service address on this host.
-///
-/// Contract: `claim` makes `addr` local (so restored sockets receive its traffic) and is
-/// idempotent (claiming an address already held succeeds); `release` removes it and is
-/// idempotent too; `announce` tells the neighbours (an ARP announcement, RFC 5227 §2.3, or an
-/// unsolicited neighbour advertisement, RFC 4861 §7.2.6) that the address now lives here.
-pub trait AddressTakeover {
-    /// Adds `addr/prefix_len` to this host.
-    fn claim(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), TakeoverError>;
-    /// Removes `addr/prefix_len` from this host.
-    fn release(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), TakeoverError>;
-    /// Announces that `addr` is reachable at this host's link-layer address.
-    fn announce(&mut self, addr: IpAddr) -> Result<(), TakeoverError>;
-}
-
-/// Why an address takeover step failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TakeoverError {
-    /// The process lacks `CAP_NET_ADMIN` (address changes) or `CAP_NET_RAW` (announcements).
-    #[error(
-        "{operation} needs CAP_NET_ADMIN and CAP_NET_RAW: run the agent as root or grant the capabilities"
-    )]
-    PermissionDenied {
-        /// What was attempted.
-        operation: &'static str,
-    },
-    /// The configured interface does not exist.
-    #[error("interface {name:?} not found: check the agent's interface setting (`ip link`)")]
-    InterfaceNotFound {
-        /// The interface name.
-        name: String,
-    },
-    /// The prefix length does not fit the address family.
-    #[error(
-        "prefix length {prefix_len} is invalid for {addr}: use at most 32 for IPv4, 128 for IPv6"
-    )]
-    InvalidPrefix {
-        /// The address.
-        addr: IpAddr,
-        /// The prefix length given.
-        prefix_len: u8,
-    },
-    /// The kernel refused a netlink request.
-    #[error("netlink {operation} failed: {source}; check the interface and address configuration")]
-    Netlink {
-        /// What was attempted.
-        operation: &'static str,
-        /// The kernel's answer.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Sending an announcement failed.
-    #[error("announcing {addr} failed: {source}; check the interface is up")]
-    Announce {
-        /// The address announced.
-        addr: IpAddr,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Any other I/O failure.
-    #[error("{operation} failed: {source}")]
-    Io {
-        /// What was attempted.
-        operation: &'static str,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// What to do when the snapshot's timestamp clock would run backwards at restore time
-/// (the restore's `now` is earlier than the instant the snapshot's TSval was observed, so the
-/// two clocks disagree and the elapsed time is unknown).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ClockPolicy {
-    /// Refuse the restore with [`RestoreError::ClockRunsBackwards`].
-    Refuse,
-    /// Continue the clock from the snapshot's TSval plus `margin` (rounded to milliseconds, the
-    /// Linux TSval tick): a forward jump is harmless (RFC 7323 §5.3 only requires TSvals to be
-    /// monotone non-decreasing), a backward one makes the client drop every segment (PAWS).
-    Correct {
-        /// How far to move the clock forward of the snapshot's TSval.
-        margin: Duration,
-    },
-}
-
-/// How to restore.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct RestoreOptions {
-    /// The current time, on the same clock as the snapshot's instants
-    /// ([`cttm_core::snapshot::TimestampClock::observed_at`]). The server's TSval is advanced by
-    /// the time elapsed since the snapshot.
-    pub now: Instant,
-    /// What to do when `now` is before the snapshot's clock observation.
-    pub clock: ClockPolicy,
-    /// Bind with `IP_FREEBIND`/`IPV6_FREEBIND` (as CRIU does), so the bind itself accepts
-    /// an address that is not local. It does not make restoring before the address is
-    /// claimed work: the restore is refused with [`RestoreError::AddressNotLocal`] all the
-    /// same (see [`RestoreBackend`]); claim the address first.
-    pub free_bind: bool,
-}
-
-impl RestoreOptions {
-    /// Options for a restore at `now`, refusing a clock that would run backwards, with free
-    /// bind on.
-    pub fn at(now: Instant) -> Self {
-        RestoreOptions {
-            now,
-            clock: ClockPolicy::Refuse,
-            free_bind: true,
-        }
-    }
-
-    /// The same options with another clock policy.
-    pub fn with_clock(mut self, clock: ClockPolicy) -> Self {
-        self.clock = clock;
-        self
-    }
-}
-
-/// Why a restore failed. Nothing is left behind when it does.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RestoreError {
-    /// The snapshot cannot be restored exactly (handshake unseen, capture hole, ...).
-    #[error(
-        "connection {id} is not restorable ({reason}); it cannot be continued, let the client reconnect"
-    )]
-    NotRestorable {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// Why.
-        reason: String,
-    },
-    /// The snapshot is internally inconsistent or asks for something TCP cannot do.
-    #[error("snapshot of {id} is invalid: {reason}")]
-    InvalidSnapshot {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The restore's `now` is before the snapshot's clock observation and the policy refuses.
-    #[error(
-        "timestamp clock of {id} would run backwards (now {now} is before the snapshot's {observed_at}); \
-         use the snapshot's clock for RestoreOptions::now, or ClockPolicy::Correct"
-    )]
-    ClockRunsBackwards {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// The restore's `now`.
-        now: Instant,
-        /// When the snapshot's TSval was observed.
-        observed_at: Instant,
-    },
-    /// `TCP_REPAIR` was refused with EPERM.
-    #[error(
-        "TCP_REPAIR needs CAP_NET_ADMIN in the socket's network namespace: run the agent as root or grant the capability"
-    )]
-    PermissionDenied,
-    /// The kernel does not know `TCP_REPAIR` (ENOPROTOOPT).
-    #[error(
-        "this kernel has no TCP_REPAIR (ENOPROTOOPT): use Linux 3.5 or later built with CONFIG_CHECKPOINT_RESTORE"
-    )]
-    RepairUnsupported,
-    /// The service address is not local on this host: bind refused it (EADDRNOTAVAIL without
-    /// free bind); or, with free bind, the repair-mode connect found no route from it
-    /// (IPv4, ENETUNREACH: the kernel's output route lookup refuses a non-local source); or
-    /// the check before the restored socket sends anything found it missing (IPv6, whose
-    /// connect succeeds with free bind). Nothing was sent.
-    #[error(
-        "service address {address} of {id} is not local on this host (refused at {step}): claim the address \
-         (AddressTakeover::claim, or `ip addr add`) before restoring its connections"
-    )]
-    AddressNotLocal {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// The service address.
-        address: IpAddr,
-        /// `bind`, `connect` or `local address check`.
-        step: &'static str,
-    },
-    /// The 4-tuple is already in use on this host (EADDRINUSE at bind, EADDRNOTAVAIL at connect).
-    #[error(
-        "{id} is already in use on this host (refused at {step}): close the stale socket or restore on another host"
-    )]
-    AddressInUse {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// `bind` or `connect`.
-        step: &'static str,
-    },
-    /// A queue does not fit into the socket even after retrying with smaller writes and
-    /// larger buffers.
-    #[error(
-        "the {queue} queue of {id} ({len} bytes) does not fit the socket: raise net.core.wmem_max/rmem_max \
-         and net.ipv4.tcp_wmem/tcp_rmem"
-    )]
-    QueueTooLarge {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// `send` or `receive`.
-        queue: &'static str,
-        /// The queue's length in bytes.
-        len: usize,
-    },
-    /// The client's FIN could not be replayed into the restored socket (the service address
-    /// must be local for that).
-    #[error(
-        "replaying the client's FIN into {id} failed: {reason}; claim the service address before restoring half-closed connections"
-    )]
-    FinReplay {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// What happened.
-        reason: String,
-    },
-    /// Any other system call failed.
-    #[error("{step} failed while restoring {id}: {source}")]
-    Io {
-        /// The connection.
-        id: cttm_core::ConnectionId,
-        /// The step (system call and option).
-        step: &'static str,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Refuses snapshots that no backend can restore exactly: not [`Restorability::Restorable`],
-/// states without a socket to restore, queues inconsistent with their sequence numbers, or
-/// options out of range (RFC 7323 §2.3 caps the window shift at 14).
-pub fn check_restorable(snapshot: &ConnectionSnapshot) -> Result<(), RestoreError> {
-    let id = snapshot.id;
-    let not = |reason: String| Err(RestoreError::NotRestorable { id, reason });
-    let invalid = |reason: String| Err(RestoreError::InvalidSnapshot { id, reason });
-    match snapshot.restorability {
-        Restorability::Restorable => {}
-        Restorability::HandshakeIncomplete => return not("handshake incomplete".into()),
-        Restorability::Closed => return not("connection closed".into()),
-        Restorability::Unsafe(UnsafeReason::MidStream) => {
-            return not("picked up mid-stream: the negotiated options are unknown".into());
-        }
-        Restorability::Unsafe(reason) => return not(format!("{reason:?}")),
-    }
-    match snapshot.state {
-        TcpState::SynReceived | TcpState::TimeWait | TcpState::Closed => {
-            return not(format!(
-                "state {:?} has no socket to continue",
-                snapshot.state
-            ));
-        }
-        _ => {}
-    }
-    if snapshot.id.client.is_ipv4() != snapshot.id.server.is_ipv4() {
-        return invalid("client and server address families differ".into());
-    }
-    if snapshot.send.unsent > snapshot.send.bytes.len() {
-        return invalid("more unsent bytes than queued bytes".into());
-    }
-    if snapshot.state.client_fin_received() != snapshot.receive.fin {
-        return invalid(format!(
-            "state {:?} disagrees with receive.fin",
-            snapshot.state
-        ));
-    }
-    let fin_unacked = matches!(
-        snapshot.state,
-        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
-    );
-    if snapshot.send.fin != fin_unacked {
-        return invalid(format!(
-            "state {:?} disagrees with send.fin",
-            snapshot.state
-        ));
-    }
-    // In FIN-WAIT-1, CLOSING and LAST-ACK the FIN may still be queued behind unsent bytes
-    // (the application shut down with a full send buffer); in FIN-WAIT-2 the client has
-    // acknowledged the FIN, so nothing can be queued.
-    if snapshot.state == TcpState::FinWait2 && !snapshot.send.bytes.is_empty() {
-        return invalid("bytes queued after a FIN the client acknowledged".into());
-    }
-    let options = snapshot.options;
-    if options.mss == 0 {
-        return invalid("MSS is zero".into());
-    }
-    if let Some(scale) = options.window_scale
-        && (scale.send > 14 || scale.receive > 14)
-    {
-        return invalid(format!(
-            "window shifts {}/{} exceed 14 (RFC 7323 §2.3)",
-            scale.send, scale.receive
-        ));
-    }
-    if options.timestamps && snapshot.clock.is_none() {
-        return invalid("timestamps are on but no TSval is known".into());
-    }
-    let queued = snapshot.send.bytes.len() as u64 + snapshot.receive.bytes.len() as u64;
-    if queued > u64::from(u32::MAX / 2) {
-        return invalid("queues longer than half the sequence space".into());
-    }
-    Ok(())
-}
-
-/// The server TSval to install (`TCP_TIMESTAMP`) at `options.now`, or `None` when the
-/// connection does not use timestamps. The clock continues from the snapshot's TSval plus the
-/// time elapsed since it was observed; if `now` is before that observation, the clock would
-/// run backwards and [`RestoreOptions::clock`] decides.
-pub fn plan_server_tsval(
-    snapshot: &ConnectionSnapshot,
-    options: &RestoreOptions,
-) -> Result<Option<u32>, RestoreError> {
-    if !snapshot.options.timestamps {
-        return Ok(None);
-    }
-    let Some(clock) = snapshot.clock else {
-        return Err(RestoreError::InvalidSnapshot {
-            id: snapshot.id,
-            reason: "timestamps are on but no TSval is known".into(),
-        });
-    };
-    if options.now >= clock.observed_at {
-        return Ok(snapshot.server_tsval_at(options.now));
-    }
-    match options.clock {
-        ClockPolicy::Refuse => Err(RestoreError::ClockRunsBackwards {
-            id: snapshot.id,
-            now: options.now,
-            observed_at: clock.observed_at,
-        }),
-        ClockPolicy::Correct { margin } => {
-            let margin_ms = u32::try_from(margin.as_millis())
-                .unwrap_or(u32::MAX / 4)
-                .min(u32::MAX / 4);
-            Ok(Some(clock.server_tsval.wrapping_add(margin_ms)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests;
+pub mod standby;

@@ -94,3 +94,60 @@ impl RestoreBackend for SimulatedRestoreBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cttm_core::event::{Handshake, UnsafeReason};
+    use cttm_core::record::{ClientRetention, ConnectionRecord};
+    use cttm_core::snapshot::Restorability;
+    use cttm_core::{Instant, SeqNumber};
+
+    /// A connection waiting for its third ACK, promoted to established (what a restore of a
+    /// fresh connection looks like), without timestamps.
+    fn snapshot() -> ConnectionSnapshot {
+        let mut s = ConnectionRecord::open(
+            ConnectionId {
+                client: "198.18.0.1:40000".parse().expect("addr"),
+                server: "198.18.0.2:80".parse().expect("addr"),
+            },
+            Instant::ZERO,
+            Handshake::without_options(SeqNumber(1000), SeqNumber(5000)),
+            ClientRetention::DropOnAck,
+        )
+        .snapshot();
+        s.state = cttm_core::TcpState::Established;
+        s.restorability = Restorability::Restorable;
+        s
+    }
+
+    #[test]
+    fn the_simulated_backend_records_restores_and_refuses_duplicates() {
+        let mut backend = SimulatedRestoreBackend::new();
+        let s = snapshot();
+        let options = RestoreOptions::at(Instant::from_millis(10_005));
+        let endpoint = backend.restore(&s, &options).expect("restore");
+        assert_eq!(endpoint.id, s.id);
+        assert_eq!(backend.restored().len(), 1);
+        assert_eq!(backend.restored()[0].server_tsval, None);
+        assert!(backend.is_live(&s.id));
+        assert!(matches!(
+            backend.restore(&s, &options),
+            Err(RestoreError::AddressInUse { .. })
+        ));
+        assert!(backend.close(&s.id));
+        backend.restore(&s, &options).expect("restore again");
+        assert_eq!(backend.restored().len(), 2);
+        let mut bad = snapshot();
+        bad.restorability = Restorability::Unsafe(UnsafeReason::MidStream);
+        assert!(backend.restore(&bad, &options).is_err());
+        backend.fail_next_with(RestoreError::PermissionDenied);
+        let mut other = snapshot();
+        other.id.client.set_port(40001);
+        assert!(matches!(
+            backend.restore(&other, &options),
+            Err(RestoreError::PermissionDenied)
+        ));
+        assert_eq!(backend.restored().len(), 2);
+    }
+}

@@ -132,24 +132,7 @@ pub enum NfqueueError {
     },
 }
 
-/// The kernel's id of one queued packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PacketId(pub u32);
-
-impl std::fmt::Display for PacketId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// A queued packet being visited: it stays held after the visit.
-#[derive(Clone, Copy, Debug)]
-pub struct HeldFrame<'a> {
-    /// Its id, for the verdict.
-    pub id: PacketId,
-    /// The packet (raw IP).
-    pub frame: CapturedFrame<'a>,
-}
+pub use cttm_core::io::capture::{HeldFrame, PacketId};
 
 /// The queue, its rules, and the packets held.
 pub struct NfqueueSource {
@@ -513,6 +496,30 @@ impl CaptureSource for NfqueueSource {
 
     fn stats(&self) -> CaptureStats {
         self.stats
+    }
+}
+
+impl cttm_core::io::capture::HeldPacketQueue for NfqueueSource {
+    type VerdictError = NfqueueError;
+
+    fn read_held(
+        &mut self,
+        timeout: Duration,
+        visit: &mut dyn FnMut(HeldFrame<'_>),
+    ) -> Result<usize, CaptureError> {
+        NfqueueSource::read_held(self, timeout, visit)
+    }
+
+    fn accept(&mut self, ids: &[PacketId]) -> Result<(), NfqueueError> {
+        self.accept_batch(ids)
+    }
+
+    fn discard(&mut self, id: PacketId) -> Result<(), NfqueueError> {
+        self.drop_packet(id)
+    }
+
+    fn held_ids(&self) -> Vec<PacketId> {
+        NfqueueSource::held_ids(self)
     }
 }
 

@@ -206,6 +206,37 @@ impl AddressProbe {
 /// the takeover guard's alerts use too).
 pub use cttm_core::backup::mac_text;
 
+/// An [`AddressProbe`] with the probes and waits of one check: the core's
+/// [`NeighbourProbe`](cttm_core::io::probe::NeighbourProbe) over ARP and NDP.
+#[derive(Debug)]
+pub struct ProbeCheck {
+    probe: AddressProbe,
+    config: ProbeConfig,
+}
+
+impl ProbeCheck {
+    /// Checks with `probe`, sending `config.count` probes per address.
+    pub fn new(probe: AddressProbe, config: ProbeConfig) -> ProbeCheck {
+        ProbeCheck { probe, config }
+    }
+}
+
+impl cttm_core::io::probe::NeighbourProbe for ProbeCheck {
+    fn probe(&mut self, addresses: &[IpAddr]) -> cttm_core::io::probe::ProbeResult {
+        use cttm_core::io::probe::ProbeResult;
+        for &address in addresses {
+            match self.probe.probe(address, self.config) {
+                Ok(ProbeOutcome::Silent) => {}
+                Ok(ProbeOutcome::Answered { mac }) => {
+                    return ProbeResult::Answered { address, mac };
+                }
+                Err(e) => return ProbeResult::Failed(e.to_string()),
+            }
+        }
+        ProbeResult::Silent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,14 +21,14 @@
 
 use super::shadow::{Protection, ShadowSet};
 use super::{BackupExit, ResetReason};
-use crate::observe::{
-    AgentRole, AgentView, CommitState, ConnectionView, Counters, Observer, ProtectionState,
-};
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::event::EventKind;
+use cttm_core::io::link::ReplicaAccess;
+use cttm_core::io::link::ReplicaChange as StoreEvent;
+use cttm_core::observe::{
+    AgentRole, AgentView, CommitState, ConnectionView, Counters, Observer, ProtectionState,
+};
 use cttm_core::snapshot::Restorability;
-use cttm_replicate::ReplicaStore;
-use cttm_replicate::store::StoreEvent;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,7 @@ impl BackupView {
     /// Publishes the protecting view (role `backup`).
     pub(crate) fn publish_protecting(
         &mut self,
-        store: &ReplicaStore,
+        store: &dyn ReplicaAccess,
         shadows: &ShadowSet,
         link: LinkState,
         alerts: Vec<String>,
@@ -203,14 +203,16 @@ fn reset_detail(reason: &ResetReason) -> String {
 }
 
 /// Every open connection of the replica with its protection state, ordered by client.
-fn protected_connections(store: &ReplicaStore, shadows: &ShadowSet) -> Vec<ConnectionView> {
-    let records: Vec<(ConnectionId, Restorability)> = store.with_replica(|replica| {
-        replica
-            .records()
-            .filter(|r| r.closed().is_none())
-            .map(|r| (r.id(), r.restorability()))
-            .collect()
-    });
+fn protected_connections(store: &dyn ReplicaAccess, shadows: &ShadowSet) -> Vec<ConnectionView> {
+    let records: Vec<(ConnectionId, Restorability)> = store
+        .read(|replica| {
+            replica
+                .records()
+                .filter(|r| r.closed().is_none())
+                .map(|r| (r.id(), r.restorability()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut connections: Vec<ConnectionView> = records
         .into_iter()
         .map(|(id, restorability)| {

@@ -8,12 +8,12 @@
 //! which the client accepts (RFC 9293 §3.10.7.4, RFC 5961 §3.2): at the first segment that
 //! acknowledges server bytes this host never held, or once client bytes beyond a hole have
 //! not been filled within a grace period (a hole may be bytes in flight the client
-//! retransmits).
+//! retransmits). The rules are `cttm_core::backup::watch`'s; this module reads the capture
+//! and sends the resets.
 
 use super::splice::SpliceSet;
-use cttm_capture::CaptureSource;
-use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource};
-use cttm_core::endpoint::{ConnectionId, ServiceSet};
+use cttm_core::endpoint::ConnectionId;
+use cttm_core::io::capture::CaptureSource;
 use cttm_core::seq::SeqNumber;
 use cttm_core::wire::{LinkType, SegmentRepr, TcpFlags, TcpOptions, emit_frame, parse_frame};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -22,29 +22,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Watches client segments of the restored connections for a while after takeover.
-#[derive(Debug)]
 pub(crate) struct Watch {
-    source: AfPacketSource,
+    source: Box<dyn CaptureSource + Send>,
     until: Instant,
 }
 
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Watch {
-    /// Starts capturing the services' segments on `interface` (in the calling thread's
-    /// network namespace) for `duration`. `None` (logged) when the capture cannot be opened:
-    /// the takeover goes on without the check.
-    pub(crate) fn open(interface: &str, services: ServiceSet, duration: Duration) -> Option<Watch> {
-        match AfPacketSource::open(AfPacketConfig::new(interface, services)) {
-            Ok(source) => Some(Watch {
-                source,
-                until: Instant::now() + duration,
-            }),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "cannot watch the clients after takeover; connections the backup fell behind on may hang"
-                );
-                None
-            }
+    /// Watches what `source` captures of the services' segments for `duration`.
+    pub(crate) fn new(source: Box<dyn CaptureSource + Send>, duration: Duration) -> Watch {
+        Watch {
+            source,
+            until: Instant::now() + duration,
         }
     }
 

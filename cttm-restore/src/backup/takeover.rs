@@ -5,18 +5,18 @@
 
 use super::shadow::Shadow;
 use super::splice::Splice;
+use crate::migrate::resolve_neighbours;
+use crate::repair::restore_connection;
+use crate::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover};
+use crate::{ClockPolicy, RestoreError, RestoreOptions};
 use cttm_core::backup::splice::SpliceStart;
 use cttm_core::backup::takeover::{
     ClientStart, ConnectionPlan, ReplicaEnds, ResetReason, plan_connection, reset_snapshot,
 };
 use cttm_core::backup::watch::ClientWatch;
+use cttm_core::io::link::ReplicaAccess;
 use cttm_core::snapshot::ConnectionSnapshot;
 use cttm_core::time::Instant;
-use cttm_replicate::ReplicaStore;
-use cttm_restore::migrate::resolve_neighbours;
-use cttm_restore::repair::restore_connection;
-use cttm_restore::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover};
-use cttm_restore::{ClockPolicy, RestoreError, RestoreOptions};
 use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,11 +110,13 @@ pub(crate) enum Outcome {
 /// Carries out what `cttm_core::backup::takeover::plan_connection` decides for the
 /// connection of `snapshot`: restore and splice it, or reset it.
 pub(crate) fn take_over_connection(
-    store: &ReplicaStore,
+    store: &dyn ReplicaAccess,
     snapshot: &ConnectionSnapshot,
     shadow: Option<Shadow>,
 ) -> Outcome {
-    let ends = store.with_replica(|r| r.record(&snapshot.id).map(ReplicaEnds::of));
+    let ends = store
+        .read(|r| r.record(&snapshot.id).map(ReplicaEnds::of))
+        .flatten();
     let plan = plan_connection(snapshot, shadow.as_ref().map(|s| &s.session), ends);
     let (reset, reason) = match plan {
         ConnectionPlan::Restore {

@@ -5,14 +5,14 @@
 
 use super::shadow::READ_CHUNK;
 use super::takeover::{epoch_now, restore_options};
-use crate::clock::CoreClock;
+use crate::repair::{FrozenConnection, close_in_repair, restore_connection};
 pub(crate) use cttm_core::backup::splice::SpliceEnd;
 use cttm_core::backup::splice::{SpliceStart, SpliceState};
 use cttm_core::backup::watch::{ClientWatch, SpliceEnds, reseat};
 use cttm_core::endpoint::ConnectionId;
 use cttm_core::seq::SeqNumber;
+use cttm_core::time::MonotonicOrigin;
 use cttm_core::wire::SegmentRepr;
-use cttm_restore::repair::{FrozenConnection, close_in_repair, restore_connection};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -172,21 +172,14 @@ impl Splice {
                 Err(e) => return Err(SpliceEnd::Failed(format!("client socket: {e}"))),
             }
         }
-        while !s.to_standby().is_empty() {
-            match self.standby.write(s.to_standby()) {
-                Ok(0) => break,
-                Ok(n) => s.standby_written(n),
-                Err(e) if is_would_block(&e) => break,
-                Err(e) => return Err(SpliceEnd::Failed(format!("standby socket: {e}"))),
-            }
-        }
-        if s.standby_fin_due() {
-            s.standby_fin_passed();
-            self.standby
-                .shutdown(Shutdown::Write)
-                .map_err(|e| SpliceEnd::Failed(format!("standby shutdown: {e}")))?;
-        }
-        Ok(())
+        let side = Direction {
+            pending: SpliceState::to_standby,
+            written: SpliceState::standby_written,
+            fin_due: SpliceState::standby_fin_due,
+            fin_passed: SpliceState::standby_fin_passed,
+            name: "standby",
+        };
+        side.write(s, &mut self.standby)
     }
 
     fn standby_to_client(&mut self, buf: &mut [u8]) -> Result<(), SpliceEnd> {
@@ -199,21 +192,14 @@ impl Splice {
                 Err(e) => return Err(SpliceEnd::Failed(format!("standby socket: {e}"))),
             }
         }
-        while !s.to_client().is_empty() {
-            match self.client.write(s.to_client()) {
-                Ok(0) => break,
-                Ok(n) => s.client_written(n),
-                Err(e) if is_would_block(&e) => break,
-                Err(e) => return Err(SpliceEnd::Failed(format!("client socket: {e}"))),
-            }
-        }
-        if s.client_fin_due() {
-            s.client_fin_passed();
-            self.client
-                .shutdown(Shutdown::Write)
-                .map_err(|e| SpliceEnd::Failed(format!("client shutdown: {e}")))?;
-        }
-        Ok(())
+        let side = Direction {
+            pending: SpliceState::to_client,
+            written: SpliceState::client_written,
+            fin_due: SpliceState::client_fin_due,
+            fin_passed: SpliceState::client_fin_passed,
+            name: "client",
+        };
+        side.write(s, &mut self.client)
     }
 
     fn ends(&self) -> SpliceEnds {
@@ -291,13 +277,44 @@ impl Splice {
     }
 }
 
+/// The writing half of one direction of a splice: which of the state's bytes go to the
+/// socket, and when its write side is shut.
+struct Direction {
+    pending: fn(&SpliceState) -> &[u8],
+    written: fn(&mut SpliceState, usize),
+    fin_due: fn(&SpliceState) -> bool,
+    fin_passed: fn(&mut SpliceState),
+    name: &'static str,
+}
+
+impl Direction {
+    /// Writes what is pending without waiting, then passes the FIN on when it is due.
+    fn write(&self, s: &mut SpliceState, socket: &mut TcpStream) -> Result<(), SpliceEnd> {
+        while !(self.pending)(s).is_empty() {
+            match socket.write((self.pending)(s)) {
+                Ok(0) => break,
+                Ok(n) => (self.written)(s, n),
+                Err(e) if is_would_block(&e) => break,
+                Err(e) => return Err(SpliceEnd::Failed(format!("{} socket: {e}", self.name))),
+            }
+        }
+        if (self.fin_due)(s) {
+            (self.fin_passed)(s);
+            socket
+                .shutdown(Shutdown::Write)
+                .map_err(|e| SpliceEnd::Failed(format!("{} shutdown: {e}", self.name)))?;
+        }
+        Ok(())
+    }
+}
+
 /// Every spliced connection.
 #[derive(Debug)]
 pub(crate) struct SpliceSet {
     splices: HashMap<ConnectionId, Splice>,
     buf: Vec<u8>,
     /// The watch's grace periods run on this clock.
-    clock: CoreClock,
+    clock: MonotonicOrigin,
 }
 
 impl SpliceSet {
@@ -305,7 +322,7 @@ impl SpliceSet {
         SpliceSet {
             splices: HashMap::new(),
             buf: vec![0; READ_CHUNK],
-            clock: CoreClock::start(),
+            clock: MonotonicOrigin::new(std::time::Instant::now()),
         }
     }
 
@@ -438,7 +455,7 @@ impl SpliceSet {
     /// because the client is ahead of this host (see `ClientWatch::lost`), with the sequence
     /// number a reset to the client must carry and the reason.
     pub(crate) fn take_lost(&mut self, grace: Duration) -> Vec<(ConnectionId, SeqNumber, String)> {
-        let now = self.clock.now();
+        let now = self.clock.at(std::time::Instant::now());
         let lost: Vec<_> = self
             .splices
             .values_mut()

@@ -1,11 +1,10 @@
-//! Unit tests of the backend-independent rules and the simulated backend.
+//! Unit tests of the backend-independent rules.
 
 use super::*;
-use crate::simulated::SimulatedRestoreBackend;
-use cttm_core::snapshot::{
+use crate::snapshot::{
     NegotiatedOptions, ReceiveQueue, RepairWindow, SendQueue, TimestampClock, WindowScale,
 };
-use cttm_core::{ConnectionId, SeqNumber, Side};
+use crate::{ConnectionId, SeqNumber, Side};
 
 fn snapshot() -> ConnectionSnapshot {
     ConnectionSnapshot {
@@ -163,34 +162,4 @@ fn a_clock_that_would_run_backwards_is_refused_or_corrected() {
         plan_server_tsval(&s, &corrected).unwrap(),
         Some(4_000_000_250)
     );
-}
-
-#[test]
-fn the_simulated_backend_records_restores_and_refuses_duplicates() {
-    let mut backend = SimulatedRestoreBackend::new();
-    let s = snapshot();
-    let options = RestoreOptions::at(Instant::from_millis(10_005));
-    let endpoint = backend.restore(&s, &options).unwrap();
-    assert_eq!(endpoint.id, s.id);
-    assert_eq!(backend.restored().len(), 1);
-    assert_eq!(backend.restored()[0].server_tsval, Some(4_000_000_005));
-    assert!(backend.is_live(&s.id));
-    assert!(matches!(
-        backend.restore(&s, &options),
-        Err(RestoreError::AddressInUse { .. })
-    ));
-    assert!(backend.close(&s.id));
-    backend.restore(&s, &options).unwrap();
-    assert_eq!(backend.restored().len(), 2);
-    let mut bad = snapshot();
-    bad.restorability = Restorability::Unsafe(UnsafeReason::MidStream);
-    assert!(backend.restore(&bad, &options).is_err());
-    backend.fail_next_with(RestoreError::PermissionDenied);
-    let mut other = snapshot();
-    other.id.client.set_port(40001);
-    assert!(matches!(
-        backend.restore(&other, &options),
-        Err(RestoreError::PermissionDenied)
-    ));
-    assert_eq!(backend.restored().len(), 2);
 }

@@ -130,7 +130,14 @@ mod tests {
     /// connection's data does not arrive; after release it does.
     #[test]
     fn the_lock_drops_client_segments_but_not_syns_until_released() {
-        if !cttm_tests::lab::kernel_tests_enabled("takeover network lock") {
+        if !nix::unistd::Uid::effective().is_root() {
+            // CI runs as root: there the test must run.
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "needs root under CI"
+            );
+            eprintln!("skipped: needs root (a network namespace, iptables)");
             return;
         }
         let outcome = std::thread::spawn(|| {

@@ -1,31 +1,35 @@
-//! The backup agent: keeps a replica of every protected connection (the primary replicates
-//! over the authenticated link), runs a shadow session per connection on the standby daemon,
-//! watches the primary's heartbeats, and when the primary is declared dead makes sure it no
-//! longer serves (the service addresses answer no probe, the fencing command succeeded:
-//! `guard`; otherwise it refuses, keeps protecting and checks again every second) and takes
-//! over: claims the service addresses, restores every connection that can be continued with `TCP_REPAIR`
-//! and splices it to its shadow session, resets the others at once, announces the addresses,
-//! and keeps serving the spliced connections. From before the claim until the last restore a
+//! The backup host's driver: runs the core's backup machines
+//! ([`cttm_core::backup`]: guard, shadow comparison, takeover plan, splice, watch) over real
+//! backends. It keeps a replica of every protected connection (the link applies what the
+//! primary replicates), runs a shadow session per connection on the standby daemon, watches
+//! the primary's liveness, and when the primary is declared dead makes sure it no longer
+//! serves (the service addresses answer no probe, the fencing command succeeded; otherwise it
+//! refuses, keeps protecting and checks again every second) and takes over: claims the
+//! service addresses, restores every connection that can be continued with `TCP_REPAIR` and
+//! splices it to its shadow session, resets the others at once, announces the addresses, and
+//! keeps serving the spliced connections. From before the claim until the last restore a
 //! network lock drops the clients' segments (`lock`); meanwhile each client's answer to its
 //! restored socket's window probe (seen by a capture) shows which server bytes it lacks, and
-//! the socket is re-seated so they go out at once as new data (`Splice::reseat`).
+//! the socket is re-seated so they go out at once as new data.
+//!
+//! Embed it with [`BackupAgent::builder`]: the link (`cttm-replicate`'s `BackupService`),
+//! the standby daemon, the probe, the fence and the capture for the watch come in as the
+//! core's trait objects ([`cttm_core::io`]).
 //!
 //! | module | concern |
 //! |---|---|
-//! | `shadow` | shadow sessions: feeding the standby, comparing its output (divergence) |
+//! | `shadow` | the standby sockets of the shadow sessions |
 //! | `lock` | the network lock: client segments dropped while the connections are restored |
 //! | `takeover` | claim, restore, reset, announce |
-//! | `splice` | restored socket ↔ shadow session after takeover; re-seating a restored socket at its client's acknowledgement |
-//! | `watch` | after takeover: clients ahead of what the backup holds (async loss) are reset |
-//! | `guard` | no split brain: before a takeover, probe the service addresses and fence the primary |
-//! | `fence` | the operator's fencing command, with its timeout |
+//! | `splice` | restored socket ↔ shadow session after takeover; re-seating a restored socket |
+//! | `watch` | after takeover: the capture of the clients' segments, the resets |
+//! | `guard` | the probe and the fence carried out for the takeover guard |
 //! | `view` | what the agent publishes to its observer (`cttmd status`, metrics) |
 //!
-//! The agent runs in the calling thread (and threads it starts), in the calling thread's
-//! network namespace: the replication listener, the standby connections, the restored
-//! sockets and the address changes all happen there.
+//! The agent runs in the calling thread (or the one [`BackupAgent::spawn`] starts), in that
+//! thread's network namespace: the standby connections, the restored sockets and the address
+//! changes all happen there.
 
-mod fence;
 mod guard;
 mod lock;
 mod shadow;
@@ -34,25 +38,22 @@ mod takeover;
 mod view;
 mod watch;
 
-use crate::clock::CoreClock;
-use crate::observe::{AgentRole, AgentView, CommitState, Observer};
-use crate::options::BackupOptions;
-use cttm_core::ReplicaConfig;
+use crate::takeover::{AnnounceConfig, NetlinkTakeover, OpenError};
 use cttm_core::backup::Liveness;
 use cttm_core::backup::takeover::{TakeoverPlan, TakeoverStep, connections_to_take_over};
-use cttm_core::endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
+use cttm_core::endpoint::ConnectionId;
+use cttm_core::io::capture::{CaptureError, CaptureSource};
+use cttm_core::io::fence::Fence;
+use cttm_core::io::link::{BackupLink, ReplicaAccess, ReplicaSubscription};
+use cttm_core::io::probe::NeighbourProbe;
+use cttm_core::io::standby::StandbyConnector;
+use cttm_core::observe::{AgentRole, AgentView, CommitState, Observer, ViewSubscription};
 use cttm_core::snapshot::ConnectionSnapshot;
-use cttm_replicate::store::StoreSubscription;
-use cttm_replicate::transport::tcp::{TcpBackupTransport, TcpConfig};
-use cttm_replicate::{
-    BackupConfig, BackupService, PreSharedKey, ReplicaStore, Security, TransportError,
-};
-use cttm_restore::takeover::probe::ProbeError;
-use cttm_restore::takeover::{AnnounceConfig, NetlinkTakeover, OpenError};
+use cttm_core::time::MonotonicOrigin;
 use guard::{Guard, Verdict};
 use shadow::ShadowSet;
 use splice::{SpliceEnd, SpliceSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -131,25 +132,15 @@ pub enum BackupError {
         /// The configured prefix length.
         prefix_len: u8,
     },
-    /// The replication listener could not be opened.
-    #[error(
-        "cannot listen for the primary on {listen}: {source}; check `listen` (a local address and a free port)"
-    )]
-    Listen {
-        /// The configured address.
-        listen: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: TransportError,
-    },
     /// The takeover interface could not be opened.
     #[error("cannot prepare the takeover: {0}; check `interface`")]
     Interface(#[from] OpenError),
-    /// The probe of the service addresses could not be opened on the takeover interface.
-    #[error(
-        "cannot probe the service addresses: {0}; check `interface`, or set `probe_count = 0` to take over without probing (split brain is then possible)"
-    )]
-    Probe(#[from] ProbeError),
+    /// A required backend was not given to the builder.
+    #[error("the backup agent needs {0}: give it to the builder")]
+    Missing(&'static str),
+    /// The agent's thread panicked (a bug: please report it with the log).
+    #[error("the backup agent's thread panicked")]
+    Panicked,
     /// The takeover could not complete (claiming a service address failed); the network
     /// lock was released and no connection was restored.
     #[error("the takeover failed: {0}; check the interface and the service addresses")]
@@ -161,92 +152,286 @@ pub enum BackupError {
     Poll(#[from] std::io::Error),
 }
 
-/// Runs the backup agent until `stop` is set. Before the primary fails it protects
-/// connections; once the primary was heard and then missed for `heartbeat.misses`
-/// intervals, it checks that no host answers for the service addresses and fences the
-/// primary if configured (`guard`), then takes over and keeps serving the spliced
-/// connections (and, through the standby daemon listening on the service port, new ones)
-/// until `stop`.
-pub fn run_backup(
-    options: BackupOptions,
-    stop: Arc<AtomicBool>,
-) -> Result<BackupExit, BackupError> {
-    let observer = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
-    run_backup_observed(options, stop, observer)
+/// The capture the watch after takeover reads, opened at the takeover (on the service
+/// interface, in the agent's network namespace).
+pub type WatchCapture =
+    Box<dyn FnMut() -> Result<Box<dyn CaptureSource + Send>, CaptureError> + Send>;
+
+/// What the backup agent protects and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupSettings {
+    /// The protected services (address and port).
+    pub services: Vec<SocketAddr>,
+    /// The prefix length the service addresses are claimed with.
+    pub service_prefix_len: u8,
+    /// The interface on the service network (claims, announcements).
+    pub interface: String,
+    /// Frames per announcement of each address (gratuitous ARP, unsolicited NA).
+    pub announce_count: u32,
 }
 
-/// [`run_backup`], publishing what it does (role, connections, counters, alerts) to
-/// `observer` (see `view`).
-pub fn run_backup_observed(
-    options: BackupOptions,
+/// A backup agent, ready to run: see [`BackupAgent::builder`].
+pub struct BackupAgent {
+    settings: BackupSettings,
+    addresses: Vec<IpAddr>,
+    link: Box<dyn BackupLink>,
+    standby: Box<dyn StandbyConnector>,
+    probe: Option<Box<dyn NeighbourProbe + Send>>,
+    fence: Option<Box<dyn Fence + Send>>,
+    watch: Option<WatchCapture>,
+    observer: Observer,
+}
+
+impl std::fmt::Debug for BackupAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupAgent")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`BackupAgent`]. The link and the standby daemon are required; without a probe
+/// the takeover does not check that the primary stopped serving (split brain is then
+/// possible: a warning is logged), without a fence none is run, without a watch capture the
+/// clients are not watched after the takeover.
+pub struct BackupBuilder {
+    settings: BackupSettings,
+    link: Option<Box<dyn BackupLink>>,
+    standby: Option<Box<dyn StandbyConnector>>,
+    probe: Option<Box<dyn NeighbourProbe + Send>>,
+    fence: Option<Box<dyn Fence + Send>>,
+    watch: Option<WatchCapture>,
+    observer: Option<Observer>,
+}
+
+impl BackupAgent {
+    /// A builder for an agent protecting `services` on `interface`, claiming the addresses
+    /// as /24 (IPv4) or /64 (IPv6) unless told otherwise, announcing each 3 times.
+    pub fn builder(
+        services: impl IntoIterator<Item = SocketAddr>,
+        interface: impl Into<String>,
+    ) -> BackupBuilder {
+        let services: Vec<SocketAddr> = services.into_iter().collect();
+        let service_prefix_len = if services.iter().all(SocketAddr::is_ipv4) {
+            24
+        } else {
+            64
+        };
+        BackupBuilder {
+            settings: BackupSettings {
+                services,
+                service_prefix_len,
+                interface: interface.into(),
+                announce_count: 3,
+            },
+            link: None,
+            standby: None,
+            probe: None,
+            fence: None,
+            watch: None,
+            observer: None,
+        }
+    }
+
+    /// The operator's view of this agent, updated as it runs.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    /// Runs the agent in the calling thread until `stop` is set (see the module docs).
+    pub fn run(self, stop: &AtomicBool) -> Result<BackupExit, BackupError> {
+        let BackupAgent {
+            settings,
+            addresses,
+            link,
+            standby,
+            probe,
+            fence,
+            watch,
+            observer,
+        } = self;
+        let netlink =
+            NetlinkTakeover::open(&settings.interface)?.with_announce_config(AnnounceConfig {
+                count: settings.announce_count.max(1),
+                interval: ANNOUNCE_INTERVAL,
+            });
+        let mut guard = Guard::new(addresses.clone(), probe, fence);
+        let mut view = BackupView::new(observer);
+        let mut protect = Protect::start(link, standby);
+        tracing::info!(services = ?settings.services, "backup agent started");
+        if !protect.until_takeover(stop, &mut guard, &mut view)? {
+            tracing::info!("backup agent stopped before any takeover");
+            return Ok(BackupExit::default());
+        }
+        let watch = watch.and_then(|mut open| open_watch(&mut open));
+        let serving = take_over(&settings, netlink, &addresses, protect, watch)?;
+        view.on_takeover(&serving.exit);
+        serve(stop, serving, &mut view)
+    }
+
+    /// Runs the agent on a thread of its own (in the calling thread's network namespace
+    /// only if the caller is in it: threads inherit it on Linux).
+    pub fn spawn(self) -> BackupHandle {
+        let stop = Arc::new(AtomicBool::new(false));
+        let observer = self.observer.clone();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || self.run(&stop))
+        };
+        BackupHandle {
+            stop,
+            observer,
+            thread,
+        }
+    }
+}
+
+impl BackupBuilder {
+    /// The replication link (`cttm_replicate::BackupService`, or any [`BackupLink`]).
+    pub fn link(mut self, link: impl BackupLink + 'static) -> Self {
+        self.link = Some(Box::new(link));
+        self
+    }
+
+    /// The standby daemon (`crate::standby::TcpStandby`, or any [`StandbyConnector`]).
+    pub fn standby(mut self, standby: impl StandbyConnector + 'static) -> Self {
+        self.standby = Some(Box::new(standby));
+        self
+    }
+
+    /// The probe of the service addresses before a takeover
+    /// (`crate::takeover::probe::AddressProbe`).
+    pub fn probe(mut self, probe: impl NeighbourProbe + Send + 'static) -> Self {
+        self.probe = Some(Box::new(probe));
+        self
+    }
+
+    /// The fence run before a takeover (`crate::fence::CommandFence`).
+    pub fn fence(mut self, fence: impl Fence + Send + 'static) -> Self {
+        self.fence = Some(Box::new(fence));
+        self
+    }
+
+    /// How to open the capture of the clients' segments after the takeover (AF_PACKET on
+    /// the service interface, from `cttm-capture`).
+    pub fn watch_capture(
+        mut self,
+        open: impl FnMut() -> Result<Box<dyn CaptureSource + Send>, CaptureError> + Send + 'static,
+    ) -> Self {
+        self.watch = Some(Box::new(open));
+        self
+    }
+
+    /// The prefix length the service addresses are claimed with.
+    pub fn service_prefix_len(mut self, prefix_len: u8) -> Self {
+        self.settings.service_prefix_len = prefix_len;
+        self
+    }
+
+    /// Frames per announcement of each address.
+    pub fn announce_count(mut self, count: u32) -> Self {
+        self.settings.announce_count = count;
+        self
+    }
+
+    /// Publish the agent's view to `observer` (default: a new one, see
+    /// [`BackupAgent::observer`]).
+    pub fn observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The agent, once the settings hold together.
+    pub fn build(self) -> Result<BackupAgent, BackupError> {
+        let addresses = service_addresses(&self.settings)?;
+        Ok(BackupAgent {
+            addresses,
+            link: self
+                .link
+                .ok_or(BackupError::Missing("a replication link"))?,
+            standby: self
+                .standby
+                .ok_or(BackupError::Missing("a standby daemon"))?,
+            probe: self.probe,
+            fence: self.fence,
+            watch: self.watch,
+            observer: self.observer.unwrap_or_else(|| {
+                Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async))
+            }),
+            settings: self.settings,
+        })
+    }
+}
+
+/// A backup agent running on its own thread ([`BackupAgent::spawn`]).
+#[derive(Debug)]
+pub struct BackupHandle {
     stop: Arc<AtomicBool>,
     observer: Observer,
-) -> Result<BackupExit, BackupError> {
-    let addresses = service_addresses(&options)?;
-    let services = ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new));
-    let netlink = NetlinkTakeover::open(&options.interface)?.with_announce_config(AnnounceConfig {
-        count: options.announce_count.max(1),
-        interval: ANNOUNCE_INTERVAL,
-    });
-    let mut guard = Guard::new(&options, addresses.clone())?;
-    let mut view = BackupView::new(observer);
-    let mut protect = Protect::start(&options, services.clone())?;
-    tracing::info!(
-        listen = %options.listen,
-        standby = %options.standby,
-        services = ?options.services,
-        "backup agent started"
-    );
-    if !protect.until_takeover(&stop, &mut guard, &mut view)? {
-        tracing::info!("backup agent stopped before any takeover");
-        return Ok(BackupExit::default());
-    }
-    let serving = take_over(&options, services, netlink, &addresses, protect)?;
-    view.on_takeover(&serving.exit);
-    serve(&stop, serving, &mut view)
+    thread: std::thread::JoinHandle<Result<BackupExit, BackupError>>,
 }
 
-/// Protecting: the replication service, the replica and the shadow sessions following it.
+impl BackupHandle {
+    /// What the agent shows now.
+    pub fn view(&self) -> AgentView {
+        self.observer.view()
+    }
+
+    /// A subscription to the agent's view.
+    pub fn subscribe(&self) -> ViewSubscription {
+        self.observer.subscribe()
+    }
+
+    /// Tells the agent to stop (it stops within a round of its loop).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the agent and waits for it.
+    pub fn join(self) -> Result<BackupExit, BackupError> {
+        self.stop();
+        self.thread.join().unwrap_or(Err(BackupError::Panicked))
+    }
+}
+
+/// Opens the watch's capture; `None` (logged) when it cannot be opened: the takeover goes on
+/// without the check.
+fn open_watch(open: &mut WatchCapture) -> Option<watch::Watch> {
+    match open() {
+        Ok(source) => Some(watch::Watch::new(source, WATCH_FOR)),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot watch the clients after takeover; connections the backup fell behind on may hang"
+            );
+            None
+        }
+    }
+}
+
+/// Protecting: the replication link, the replica and the shadow sessions following it.
 struct Protect {
-    service: BackupService,
-    store: ReplicaStore,
-    subscription: StoreSubscription,
+    link: Box<dyn BackupLink>,
+    store: Arc<dyn ReplicaAccess>,
+    subscription: Box<dyn ReplicaSubscription>,
     shadows: ShadowSet,
     lagged: u64,
     last_report: std::time::Instant,
 }
 
 impl Protect {
-    /// Listens for the primary and starts applying what it replicates.
-    fn start(options: &BackupOptions, services: ServiceSet) -> Result<Protect, BackupError> {
-        let tcp = TcpConfig::new(Security::Noise(PreSharedKey::new(options.key)), services);
-        let transport = TcpBackupTransport::bind(tcp, options.listen).map_err(|source| {
-            BackupError::Listen {
-                listen: options.listen,
-                source,
-            }
-        })?;
-        let store = ReplicaStore::new(ReplicaConfig::default());
+    /// Follows what `link` applies to its replica with shadow sessions on `standby`.
+    fn start(link: Box<dyn BackupLink>, standby: Box<dyn StandbyConnector>) -> Protect {
+        let store = link.replica();
         let subscription = store.subscribe(SUBSCRIPTION_CAPACITY);
-        let config = BackupConfig {
-            heartbeat_interval: options.heartbeat.interval,
-            failure_misses: options.heartbeat.misses.max(1),
-            ..BackupConfig::default()
-        };
-        let service = BackupService::start(
-            config,
-            store.clone(),
-            cttm_replicate::random_epoch(),
-            Arc::new(transport),
-        );
-        Ok(Protect {
-            service,
-            shadows: ShadowSet::new(options.standby, store.clone()),
+        Protect {
+            link,
+            shadows: ShadowSet::new(standby, Arc::clone(&store)),
             store,
             subscription,
             lagged: 0,
             last_report: std::time::Instant::now(),
-        })
+        }
     }
 
     /// Protects until the guard lets a takeover go (`true`) or `stop` (`false`).
@@ -262,7 +447,7 @@ impl Protect {
             }
             self.round(view)?;
             let now = std::time::Instant::now();
-            let changed = guard.observe(self.service.primary_alive(), now) != Liveness::Unchanged;
+            let changed = guard.observe(self.link.primary_alive(), now) != Liveness::Unchanged;
             if changed || view.due(now) {
                 self.publish(guard, view);
             }
@@ -299,19 +484,19 @@ impl Protect {
         }
         if self.last_report.elapsed() >= REPORT_INTERVAL {
             self.last_report = std::time::Instant::now();
-            log_link(&self.service);
+            log_link(self.link.as_ref());
         }
         Ok(())
     }
 
     fn publish(&self, guard: &Guard, view: &mut BackupView) {
         let link = LinkState {
-            up: self.service.link_up(),
+            up: self.link.link_up(),
             last_alive: guard.last_alive(),
-            alive: self.service.primary_alive(),
+            alive: self.link.primary_alive(),
         };
         let alerts = guard.alerts(std::time::Instant::now());
-        view.publish_protecting(&self.store, &self.shadows, link, alerts);
+        view.publish_protecting(self.store.as_ref(), &self.shadows, link, alerts);
     }
 }
 
@@ -327,28 +512,28 @@ struct Serving {
 /// claimed under the network lock, every connection restored and spliced or reset, the
 /// addresses announced.
 fn take_over(
-    options: &BackupOptions,
-    services: ServiceSet,
+    settings: &BackupSettings,
     netlink: NetlinkTakeover,
     addresses: &[IpAddr],
     protect: Protect,
+    mut watch: Option<watch::Watch>,
 ) -> Result<Serving, BackupError> {
     let Protect {
-        service,
+        link,
         store,
-        subscription,
+        mut subscription,
         mut shadows,
         lagged,
         ..
     } = protect;
     let started = std::time::Instant::now();
     tracing::warn!(
-        connections = store.len(),
+        connections = store.connection_count(),
         shadows = shadows.len(),
         "takeover starts"
     );
-    drop(service);
-    let mut watch = watch::Watch::open(&options.interface, services, WATCH_FOR);
+    // The replication stops: nothing the primary sends counts any more.
+    drop(link);
     while let Some(event) = subscription.try_recv() {
         shadows.on_store_event(event);
     }
@@ -357,11 +542,11 @@ fn take_over(
     }
     shadows.pump(Duration::ZERO)?;
     let connections = connections_to_take_over(store.snapshots());
-    let clock = CoreClock::start();
+    let clock = MonotonicOrigin::new(std::time::Instant::now());
     let mut plan = TakeoverPlan::new(
         connections,
         addresses.to_vec(),
-        options.service_prefix_len,
+        settings.service_prefix_len,
         ANSWER_WAIT,
     );
     // Released on every exit path when dropped.
@@ -371,10 +556,10 @@ fn take_over(
     let mut splices = SpliceSet::new();
     let mut announcing = None;
     loop {
-        match plan.poll(clock.now()) {
+        match plan.poll(clock.at(std::time::Instant::now())) {
             TakeoverStep::ResolveNeighbours(clients) => takeover::resolve_clients(&clients),
             TakeoverStep::EngageLock => {
-                network_lock = Some(lock::NetworkLock::engage(&options.services));
+                network_lock = Some(lock::NetworkLock::engage(&settings.services));
             }
             TakeoverStep::Claim {
                 addresses,
@@ -390,7 +575,7 @@ fn take_over(
             }
             TakeoverStep::Connection(snapshot) => {
                 take_over_one(
-                    &store,
+                    store.as_ref(),
                     &mut shadows,
                     &mut watch,
                     &mut splices,
@@ -536,7 +721,7 @@ fn record_end(exit: &mut BackupExit, id: ConnectionId, end: SpliceEnd) {
 /// One connection of the takeover: restored and spliced, or reset (see
 /// `takeover::take_over_connection`).
 fn take_over_one(
-    store: &ReplicaStore,
+    store: &dyn ReplicaAccess,
     shadows: &mut ShadowSet,
     watch: &mut Option<watch::Watch>,
     splices: &mut SpliceSet,
@@ -585,7 +770,7 @@ fn reseat(splices: &mut SpliceSet, exit: &mut BackupExit) {
 }
 
 /// The distinct service addresses, checked against the prefix length.
-fn service_addresses(options: &BackupOptions) -> Result<Vec<IpAddr>, BackupError> {
+fn service_addresses(options: &BackupSettings) -> Result<Vec<IpAddr>, BackupError> {
     if options.services.is_empty() {
         return Err(BackupError::NoServices);
     }
@@ -605,7 +790,7 @@ fn service_addresses(options: &BackupOptions) -> Result<Vec<IpAddr>, BackupError
 }
 
 /// Logs the replication link's errors and the protocol's reports since the last call.
-fn log_link(service: &BackupService) {
+fn log_link(service: &dyn BackupLink) {
     let (errors, dropped) = service.take_errors();
     for e in errors {
         tracing::warn!(error = %e, "replication link");

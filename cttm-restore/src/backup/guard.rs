@@ -3,14 +3,13 @@
 //! carries out its commands (the probe on the service interface, the operator's fencing
 //! command) and logs and counts its refusals.
 
-use super::fence::run_fence;
 use super::view::BackupView;
-use crate::clock::CoreClock;
-use crate::options::{BackupOptions, FenceOptions};
 use cttm_core::backup::{
     GuardCommand, GuardConfig, Liveness, ProbeResult, Refusal, Refused, TakeoverGuard, mac_text,
 };
-use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeError, ProbeOutcome};
+use cttm_core::io::fence::Fence;
+use cttm_core::io::probe::NeighbourProbe;
+use cttm_core::time::MonotonicOrigin;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -27,46 +26,46 @@ pub(crate) enum Verdict {
 }
 
 /// The guard with its probe and fencing command.
-#[derive(Debug)]
 pub(crate) struct Guard {
     guard: TakeoverGuard,
-    probe: Option<AddressProbe>,
-    probe_config: ProbeConfig,
-    fence: Option<FenceOptions>,
+    probe: Option<Box<dyn NeighbourProbe + Send>>,
+    fence: Option<Box<dyn Fence + Send>>,
     /// The times the guard is given (it reads no clock).
-    clock: CoreClock,
+    clock: MonotonicOrigin,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("guard", &self.guard)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Guard {
-    /// Opens the probe on the service interface (in the calling thread's network
-    /// namespace) unless probing is off (`probe.count == 0`).
+    /// A guard of `addresses` probing with `probe` (none: probing is off) and fencing with
+    /// `fence` (none: no fencing).
     pub(crate) fn new(
-        options: &BackupOptions,
         addresses: Vec<IpAddr>,
-    ) -> Result<Guard, ProbeError> {
-        let probe = if options.probe.count == 0 {
+        probe: Option<Box<dyn NeighbourProbe + Send>>,
+        fence: Option<Box<dyn Fence + Send>>,
+    ) -> Guard {
+        if probe.is_none() {
             tracing::warn!(
-                "probing is off (probe count 0): a takeover will not check that the primary stopped serving"
+                "probing is off: a takeover will not check that the primary stopped serving"
             );
-            None
-        } else {
-            Some(AddressProbe::open(&options.interface)?)
-        };
+        }
         let config = GuardConfig {
             probe: probe.is_some(),
-            fence: options.fence.is_some(),
+            fence: fence.is_some(),
             ..GuardConfig::new(addresses)
         };
-        Ok(Guard {
+        Guard {
             guard: TakeoverGuard::new(config),
             probe,
-            probe_config: ProbeConfig {
-                count: options.probe.count,
-                wait: options.probe.wait,
-            },
-            fence: options.fence.clone(),
-            clock: CoreClock::start(),
-        })
+            fence,
+            clock: MonotonicOrigin::new(Instant::now()),
+        }
     }
 
     /// When the primary was last seen alive.
@@ -103,18 +102,18 @@ impl Guard {
     pub(crate) fn check(&mut self, view: &mut BackupView) -> Verdict {
         // Each check is at most probe, fence, take over: the bound only guards the loop.
         for _ in 0..4 {
-            let now = self.clock.now();
+            let now = self.clock.at(Instant::now());
             let refused = match self.guard.poll(now) {
                 None => return Verdict::Refused,
                 Some(GuardCommand::TakeOver) => return Verdict::TakeOver,
                 Some(GuardCommand::Probe(addresses)) => {
                     let result = self.probe_all(&addresses);
-                    let now = self.clock.now();
+                    let now = self.clock.at(Instant::now());
                     self.guard.on_probe(now, result)
                 }
                 Some(GuardCommand::Fence) => {
                     let result = self.fence();
-                    let now = self.clock.now();
+                    let now = self.clock.at(Instant::now());
                     self.guard.on_fence(now, result)
                 }
             };
@@ -131,34 +130,26 @@ impl Guard {
         let Some(probe) = &mut self.probe else {
             return ProbeResult::Silent;
         };
-        for &address in addresses {
-            match probe.probe(address, self.probe_config) {
-                Ok(ProbeOutcome::Silent) => {
-                    tracing::info!(%address, "service address silent: nobody serves it");
-                }
-                Ok(ProbeOutcome::Answered { mac }) => {
-                    return ProbeResult::Answered { address, mac };
-                }
-                Err(e) => return ProbeResult::Failed(e.to_string()),
-            }
+        let result = probe.probe(addresses);
+        if result == ProbeResult::Silent {
+            tracing::info!(?addresses, "service addresses silent: nobody serves them");
         }
-        ProbeResult::Silent
+        result
     }
 
     /// Runs the fencing command.
-    fn fence(&self) -> Result<(), String> {
-        let Some(fence) = &self.fence else {
+    fn fence(&mut self) -> Result<(), String> {
+        let Some(fence) = &mut self.fence else {
             return Ok(());
         };
-        tracing::warn!(command = %fence.command, "fencing the primary before the takeover");
-        let addresses = &self.guard.config().addresses;
-        match run_fence(fence, addresses) {
-            Ok(()) => {
-                tracing::info!("fencing succeeded");
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
+        tracing::warn!("fencing the primary before the takeover");
+        let addresses = self.guard.config().addresses.clone();
+        let result = fence.fence(&addresses);
+        match &result {
+            Ok(()) => tracing::info!("fencing succeeded"),
+            Err(e) => tracing::error!(error = %e, "fencing failed"),
         }
+        result
     }
 
     /// The alerts of the guard's state at `now`.
@@ -194,41 +185,20 @@ fn report(refused: &Refused, view: &mut BackupView) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{AgentRole, AgentView, CommitState, Observer};
-    use crate::options::{HeartbeatOptions, ObserveOptions, ProbeOptions};
+    use crate::fence::CommandFence;
+    use cttm_core::observe::{AgentRole, AgentView, CommitState, Observer};
     use std::time::Duration;
-
-    fn options(fence: Option<FenceOptions>) -> BackupOptions {
-        BackupOptions {
-            services: vec!["198.18.0.10:7000".parse().expect("service")],
-            service_prefix_len: 24,
-            interface: "does-not-matter".into(),
-            listen: "127.0.0.1:0".parse().expect("listen"),
-            key: [0; 32],
-            standby: "127.0.0.1:7000".parse().expect("standby"),
-            heartbeat: HeartbeatOptions {
-                interval: Duration::from_millis(50),
-                misses: 8,
-            },
-            announce_count: 1,
-            // No probing: these tests need no network namespace.
-            probe: ProbeOptions {
-                count: 0,
-                ..ProbeOptions::DEFAULT
-            },
-            fence,
-            observe: ObserveOptions::default(),
-        }
-    }
 
     fn view() -> (BackupView, Observer) {
         let observer = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
         (BackupView::new(observer.clone()), observer)
     }
 
-    fn guard(fence: Option<FenceOptions>) -> Guard {
+    /// A guard without probing (these tests need no network namespace).
+    fn guard(fence: Option<CommandFence>) -> Guard {
         let addresses = vec!["198.18.0.10".parse().expect("address")];
-        Guard::new(&options(fence), addresses).expect("no probe to open")
+        let fence = fence.map(|f| Box::new(f) as Box<dyn Fence + Send>);
+        Guard::new(addresses, None, fence)
     }
 
     #[test]
@@ -247,7 +217,7 @@ mod tests {
     #[test]
     fn a_failing_fence_refuses_then_retries_and_heartbeats_cancel_it() {
         let (mut view, observer) = view();
-        let mut guard = guard(Some(FenceOptions {
+        let mut guard = guard(Some(CommandFence {
             command: "echo 'BMC unreachable' >&2; exit 1".into(),
             timeout: Duration::from_secs(10),
         }));
@@ -284,7 +254,7 @@ mod tests {
         let (mut view, _) = view();
         for fence in [
             None,
-            Some(FenceOptions {
+            Some(CommandFence {
                 command: "test -n \"$CTTM_SERVICE_ADDRESSES\"".into(),
                 timeout: Duration::from_secs(10),
             }),

@@ -6,7 +6,7 @@
 //! within the timeout; anything else (non-zero status, a signal, the timeout: the whole
 //! group is then killed) fails, and a failed fence aborts the takeover.
 
-use crate::options::FenceOptions;
+use cttm_core::io::fence::Fence;
 use std::io::Read;
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// The environment variable carrying the service addresses to the fencing command.
-pub(crate) const ADDRESSES_VARIABLE: &str = "CTTM_SERVICE_ADDRESSES";
+pub const ADDRESSES_VARIABLE: &str = "CTTM_SERVICE_ADDRESSES";
 /// How often the command is checked for completion.
 const WAIT_STEP: Duration = Duration::from_millis(5);
 /// The most stderr bytes kept for the error message (the end of the output).
@@ -23,7 +23,7 @@ const STDERR_KEPT: usize = 1024;
 
 /// Why fencing failed.
 #[derive(Debug, Error)]
-pub(crate) enum FenceError {
+pub enum FenceError {
     /// The shell could not be started.
     #[error("cannot start the fencing command with `sh -c`: {0}; check that /bin/sh exists")]
     Spawn(#[source] std::io::Error),
@@ -59,8 +59,23 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
+/// The operator's fencing command and how long it may run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandFence {
+    /// The command, run with `sh -c`.
+    pub command: String,
+    /// How long it may run before it is killed and the fence fails.
+    pub timeout: Duration,
+}
+
+impl Fence for CommandFence {
+    fn fence(&mut self, addresses: &[IpAddr]) -> Result<(), String> {
+        run_fence(self, addresses).map_err(|e| e.to_string())
+    }
+}
+
 /// Runs the fencing command for `addresses` and waits for it (at most `fence.timeout`).
-pub(crate) fn run_fence(fence: &FenceOptions, addresses: &[IpAddr]) -> Result<(), FenceError> {
+pub fn run_fence(fence: &CommandFence, addresses: &[IpAddr]) -> Result<(), FenceError> {
     let list = addresses
         .iter()
         .map(IpAddr::to_string)
@@ -141,8 +156,8 @@ fn kill_group(child: &mut Child) {
 mod tests {
     use super::*;
 
-    fn fence(command: &str, timeout: Duration) -> FenceOptions {
-        FenceOptions {
+    fn fence(command: &str, timeout: Duration) -> CommandFence {
+        CommandFence {
             command: command.to_string(),
             timeout,
         }

@@ -7,15 +7,15 @@ use super::splice::{PollSet, is_would_block};
 pub(crate) use cttm_core::backup::shadow::{Protection, ShadowSession};
 use cttm_core::backup::shadow::{ShadowCommand, ShadowSessions};
 use cttm_core::endpoint::ConnectionId;
-use cttm_replicate::ReplicaStore;
-use cttm_replicate::store::StoreEvent;
+use cttm_core::io::link::ReplicaAccess;
+use cttm_core::io::link::ReplicaChange as StoreEvent;
+use cttm_core::io::standby::StandbyConnector;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// How long connecting a shadow session to the standby daemon may take.
-const STANDBY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read buffer for the standby's output.
 pub(crate) const READ_CHUNK: usize = 256 << 10;
 
@@ -28,19 +28,10 @@ pub(crate) struct Shadow {
     pub(crate) standby: Option<TcpStream>,
 }
 
-/// Connects a shadow session to the standby daemon: nonblocking, no Nagle delay.
-fn connect_standby(standby: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&standby, STANDBY_CONNECT_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    stream.set_nonblocking(true)?;
-    Ok(stream)
-}
-
 /// Every shadow session of the backup, with its standby socket.
-#[derive(Debug)]
 pub(crate) struct ShadowSet {
-    standby: SocketAddr,
-    store: ReplicaStore,
+    standby: Box<dyn StandbyConnector>,
+    store: Arc<dyn ReplicaAccess>,
     sessions: ShadowSessions,
     sockets: HashMap<ConnectionId, TcpStream>,
     /// Sessions that received changes since the last pump (their sockets need service even
@@ -50,7 +41,10 @@ pub(crate) struct ShadowSet {
 }
 
 impl ShadowSet {
-    pub(crate) fn new(standby: SocketAddr, store: ReplicaStore) -> ShadowSet {
+    pub(crate) fn new(
+        standby: Box<dyn StandbyConnector>,
+        store: Arc<dyn ReplicaAccess>,
+    ) -> ShadowSet {
         ShadowSet {
             standby,
             store,
@@ -72,7 +66,7 @@ impl ShadowSet {
                 self.dirty.insert(id);
                 let sessions = &mut self.sessions;
                 self.store
-                    .with_replica(|r| r.record(&id).map(|rec| sessions.on_record(rec)));
+                    .read(|r| r.record(&id).map(|rec| sessions.on_record(rec)));
             }
             StoreEvent::Forgotten(id) => self.sessions.forget(&id),
         }
@@ -83,7 +77,7 @@ impl ShadowSet {
     fn carry_out(&mut self) {
         while let Some(command) = self.sessions.poll_command() {
             match command {
-                ShadowCommand::Connect(id) => match connect_standby(self.standby) {
+                ShadowCommand::Connect(id) => match self.standby.connect() {
                     Ok(s) => {
                         self.sockets.insert(id, s);
                         tracing::info!(connection = %id, "connection protected by a shadow session");
@@ -92,7 +86,7 @@ impl ShadowSet {
                         if let Some(session) = self.sessions.get_mut(&id) {
                             session.unprotect(&format!(
                                 "standby daemon {} unreachable: {e}",
-                                self.standby
+                                self.standby.describe()
                             ));
                         }
                         self.sessions.settle(&id);
