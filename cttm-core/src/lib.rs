@@ -18,7 +18,7 @@
 //! | [`replica`] | the backup's pure state: [`Replica`] |
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
 //! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
-//! | [`primary`] | the primary host's decisions: the degrade policy of sync mode |
+//! | [`primary`] | the primary host's decisions: ownership check (probe, non-serving, rejoin, watch), sync mode's hold and its degrade policy |
 //! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
 //! | [`observe`] | the operator's view of an agent ([`observe::AgentView`]) and its subscription |
 #![forbid(unsafe_code)]
