@@ -206,6 +206,15 @@ impl<P> OutputCommit<P> {
         self.waiting.get(id).map_or(0, VecDeque::len)
     }
 
+    /// The packet held longest: the first held of those still waiting.
+    pub fn longest_held(&self) -> Option<&P> {
+        self.waiting
+            .values()
+            .filter_map(VecDeque::front)
+            .min_by_key(|w| w.order)
+            .map(|w| &w.packet)
+    }
+
     /// Connections with packets held, in no particular order.
     pub fn connections(&self) -> impl Iterator<Item = &ConnectionId> {
         self.waiting.keys()

@@ -19,7 +19,7 @@
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
 //! | [`replication`] | the replication protocol's two endpoints ([`replication::Primary`], [`replication::Backup`]: numbering, acknowledgements, resynchronisation, heartbeats, failure detection, retention) and its messages ([`replication::WireMessage`]) |
 //! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
-//! | [`primary`] | the primary host's decisions: the degrade policy of sync mode |
+//! | [`primary`] | the primary host's decisions: ownership check (probe, non-serving, rejoin, watch), sync mode's hold and its degrade policy |
 //! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
 //! | [`io`] | the traits at every I/O edge (capture with deferred verdicts, the replication link, restore, address takeover, probe, fencing, the standby daemon), with their contracts |
 //! | [`observe`] | the operator's view of an agent ([`observe::AgentView`]) and its subscription |

@@ -177,3 +177,19 @@ fn a_fin_is_one_offset_and_leaves_only_once_the_backup_holds_it() {
     assert_eq!(gate.release(backup.lookup()), vec![2]);
     assert!(gate.is_empty());
 }
+
+#[test]
+fn the_longest_held_packet_is_the_first_held_still_waiting() {
+    let mut gate = OutputCommit::new();
+    let mut backup = Backup::new();
+    assert_eq!(gate.longest_held(), None);
+    gate.hold(1u32, id(1), offsets(0, 10));
+    gate.hold(2, id(2), offsets(0, 10));
+    gate.hold(3, id(1), offsets(0, 20));
+    assert_eq!(gate.longest_held(), Some(&1));
+    backup.set(id(1), 0, 10);
+    assert_eq!(gate.release(backup.lookup()), vec![1]);
+    assert_eq!(gate.longest_held(), Some(&2), "across connections");
+    gate.release_connection(&id(2));
+    assert_eq!(gate.longest_held(), Some(&3));
+}

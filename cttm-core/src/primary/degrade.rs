@@ -175,12 +175,14 @@ impl DegradePolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const AFTER: Duration = Duration::from_millis(300);
 
-    fn healthy(acked_seq: u64, last_seq: u64) -> BackupHealth {
+    /// A reachable backup that acknowledged `acked_seq` of `last_seq` (shared with the hold's
+    /// tests).
+    pub(in crate::primary) fn healthy(acked_seq: u64, last_seq: u64) -> BackupHealth {
         BackupHealth {
             link_up: true,
             backup_alive: true,
@@ -190,7 +192,8 @@ mod tests {
         }
     }
 
-    fn down() -> BackupHealth {
+    /// A backup neither linked nor heard.
+    pub(in crate::primary) fn down() -> BackupHealth {
         BackupHealth {
             link_up: false,
             backup_alive: false,

@@ -19,8 +19,8 @@ impl CoreClock {
         }
     }
 
-    /// `at` as the core's time.
-    pub(crate) fn at(&self, at: Instant) -> cttm_core::Instant {
-        self.origin.at(at)
+    /// The time now, as the core's time.
+    pub(crate) fn now(&self) -> cttm_core::Instant {
+        self.origin.at(Instant::now())
     }
 }

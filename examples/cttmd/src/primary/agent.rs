@@ -3,14 +3,17 @@
 
 use super::PrimaryExit;
 use super::capture_file::CaptureRecorder;
-use super::ownership::{OtherHolder, OwnershipWatch};
+use super::ownership::OwnershipWatch;
 use super::status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 use super::view::{ViewInputs, ViewState};
 use crate::observe::CommitState;
 use crate::options::{CommitMode, PrimaryOptions};
 use cttm_capture::CapturedFrame;
+use cttm_capture::nfqueue::PacketId;
 use cttm_core::commit::BackupHolds;
 use cttm_core::event::UnsafeReason;
+use cttm_core::primary::OtherHolder;
+use cttm_core::primary::hold::OutputHold;
 use cttm_core::record::ConnectionRecord;
 use cttm_core::{
     ConnectionEvent, ConnectionId, EventKind, Instant, MessageV1, ReplicaConfig,
@@ -143,15 +146,15 @@ impl Agent {
         }
     }
 
-    /// Counts how long output commit held a packet the backup's acknowledgement released.
-    pub(super) fn observe_hold(&mut self, micros: u64) {
-        self.view.hold_time.observe(micros);
+    /// Another host answered for the service address while the backup was silent: the
+    /// agent must stop serving. Runs the ownership watch.
+    pub(super) fn other_holder(&mut self) -> Option<OtherHolder> {
+        self.watch.as_mut().and_then(OwnershipWatch::poll)
     }
 
-    /// Another host answered for the service address while the backup was silent: the
-    /// agent must stop serving.
-    pub(super) fn other_holder(&self) -> Option<OtherHolder> {
-        self.watch.as_ref().and_then(OwnershipWatch::other_holder)
+    /// The ownership watch back, at the end of the run.
+    pub(super) fn take_watch(&mut self) -> Option<OwnershipWatch> {
+        self.watch.take()
     }
 
     /// Tracks one parsed segment; its events wait for [`Agent::ship`].
@@ -245,12 +248,8 @@ impl Agent {
     }
 
     /// Periodic work: protection and link changes logged, closed connections forgotten,
-    /// the status refreshed. `held` reports the packets held per connection (sync mode).
-    pub(super) fn housekeeping(
-        &mut self,
-        held: &dyn Fn(&ConnectionId) -> usize,
-        held_total: usize,
-    ) {
+    /// the status refreshed with what output commit holds (`hold`, sync mode).
+    pub(super) fn housekeeping(&mut self, hold: Option<&OutputHold<PacketId>>) {
         if !self.awaiting_protection.is_empty() {
             let service = &self.service;
             self.awaiting_protection.retain(|id| {
@@ -265,15 +264,15 @@ impl Agent {
             .last_status
             .is_none_or(|t| t.elapsed() >= STATUS_INTERVAL);
         if due_status {
-            self.publish_status(held, held_total);
+            self.publish_status(hold);
         }
         if self.last_housekeeping.elapsed() < HOUSEKEEPING_INTERVAL {
             return;
         }
         self.last_housekeeping = std::time::Instant::now();
-        if let Some(watch) = &self.watch {
+        if let Some(watch) = &mut self.watch {
             // Silent longer than heartbeat interval x misses (the failure detector).
-            watch.set_backup_silent(!self.service.backup_alive());
+            watch.observe_backup(self.service.backup_alive());
         }
         let link_up = self.service.link_up();
         if link_up != self.link_up {
@@ -319,18 +318,18 @@ impl Agent {
         }
     }
 
-    /// Publishes the status now.
-    pub(super) fn publish_status(
-        &mut self,
-        held: &dyn Fn(&ConnectionId) -> usize,
-        held_total: usize,
-    ) {
+    /// Publishes the status now, with what output commit holds (`hold`, sync mode).
+    pub(super) fn publish_status(&mut self, hold: Option<&OutputHold<PacketId>>) {
         self.last_status = Some(std::time::Instant::now());
         let mut connections: Vec<ConnectionStatus> = self
             .tracker
             .records()
             .map(|r: &ConnectionRecord| {
-                ConnectionStatus::of(r, self.service.acknowledged(&r.id()), held(&r.id()))
+                ConnectionStatus::of(
+                    r,
+                    self.service.acknowledged(&r.id()),
+                    hold.map_or(0, |h| h.held_for(&r.id())),
+                )
             })
             .collect();
         connections.sort_by_key(|c| c.id);
@@ -339,9 +338,12 @@ impl Agent {
             mode: self.mode,
             link_up: self.service.link_up(),
             connections,
-            held_packets: held_total,
+            held_packets: hold.map_or(0, OutputHold::len),
             stats,
         };
+        if let Some(hold) = hold {
+            self.view.hold_time.clone_from(hold.hold_time());
+        }
         let unprotected: HashMap<_, _> = self.service.unprotected().into_iter().collect();
         let view = self.view.build(
             std::time::Instant::now(),

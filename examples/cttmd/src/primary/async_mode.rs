@@ -18,7 +18,7 @@
 //! at risk are an honest upper bound of what the crash lost.
 
 use super::agent::{Agent, epoch_now, service_set, start_replication};
-use super::ownership::Ownership;
+use super::ownership::OwnershipWatch;
 use super::{PrimaryError, PrimaryMonitor, RunEnd};
 use crate::options::PrimaryOptions;
 use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource, CaptureMode};
@@ -43,7 +43,7 @@ pub(super) fn run(
     options: &PrimaryOptions,
     stop: &AtomicBool,
     monitor: PrimaryMonitor,
-    ownership: &Ownership,
+    watch: Option<OwnershipWatch>,
 ) -> Result<RunEnd, PrimaryError> {
     let mut config = AfPacketConfig::new(options.interface.clone(), service_set(options));
     // One receive per frame: each frame reaches the tracker as soon as it is queued.
@@ -63,9 +63,8 @@ pub(super) fn run(
     // The mark is not needed to bypass anything here, but keeps the replication traffic
     // recognisable the same way in both modes.
     let service = start_replication(options, DEFAULT_BYPASS_MARK);
-    let mut agent = Agent::new(options, service, monitor.clone(), ownership.watch());
+    let mut agent = Agent::new(options, service, monitor.clone(), watch);
     tracing::info!(interface = %options.interface, mode = ?source.mode(), "async mode: capturing with AF_PACKET, nothing is held; bytes at risk are reported per connection");
-    let no_held = |_: &cttm_core::ConnectionId| 0;
     let mut window = LossWindow::new();
     let mut demoted = None;
     while !stop.load(Ordering::SeqCst) {
@@ -82,15 +81,16 @@ pub(super) fn run(
             .map_err(PrimaryError::Capture)?;
         agent.on_capture_drops(source.stats().dropped);
         agent.ship();
-        agent.housekeeping(&no_held, 0);
+        agent.housekeeping(None);
         window.on_status(&monitor);
     }
     drain(&mut source, &mut agent);
     agent.finish_recording();
-    agent.publish_status(&no_held, 0);
+    agent.publish_status(None);
     Ok(RunEnd {
         exit: agent.stats,
         demoted,
+        watch: agent.take_watch(),
     })
 }
 

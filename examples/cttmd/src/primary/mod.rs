@@ -6,11 +6,12 @@
 //!
 //! - **Sync mode** ([`CommitMode::Sync`], the default): one NFQUEUE queue receives the
 //!   service's incoming segments (INPUT, accepted right after tracking) and its outgoing
-//!   segments (OUTPUT, held). Each outgoing segment waits in a
-//!   [`cttm_core::commit::OutputCommit`] gate until the backup acknowledged every client
-//!   byte the segment acknowledges and every server byte up to its end, each FIN counting as
-//!   one more offset (a SYN-ACK: until the backup holds the handshake), then leaves, in
-//!   order per connection, in batches. Nothing the client has seen can be unknown to the
+//!   segments (OUTPUT, held). Each outgoing segment waits ([`cttm_core::primary::hold`],
+//!   where every decision of the loop is made) in a [`cttm_core::commit::OutputCommit`]
+//!   gate until the backup acknowledged every client byte the segment acknowledges and
+//!   every server byte up to its end, each FIN counting as one more offset (a SYN-ACK:
+//!   until the backup holds the handshake), then leaves, in order per connection, in
+//!   batches. Nothing the client has seen can be unknown to the
 //!   backup, the end of a stream included. When the backup is unreachable the
 //!   segments stay held only for a while: once a held packet has waited longer than
 //!   `degrade_after`, or the backup has been unreachable that long, the agent **degrades**
@@ -24,7 +25,8 @@
 //!
 //! Either way: before capturing, the agent checks that no other host serves the service
 //! address, and stops serving it if another host takes it over while the backup is silent
-//! (`ownership.rs`: a returning primary never serves beside the backup that took over).
+//! (`ownership.rs`, the driver of [`cttm_core::primary::ownership`]: a returning primary
+//! never serves beside the backup that took over).
 //! It publishes its operator view ([`crate::observe::AgentView`]) through the monitor's
 //! observer every 10 ms, and can write every captured frame to a pcapng file
 //! (`capture_file`). When it stops, async mode first reads what the capture still holds, so
@@ -48,9 +50,10 @@ pub use error::PrimaryError;
 pub use status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 
 use crate::options::{CommitMode, PrimaryOptions};
-use ownership::{OtherHolder, Ownership};
+use cttm_core::primary::OtherHolder;
+use ownership::{Ownership, OwnershipWatch};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 /// What a primary agent run did, reported when it stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +139,8 @@ pub(super) struct RunEnd {
     exit: PrimaryExit,
     /// Another host serves the service address: the agent must stop serving.
     demoted: Option<OtherHolder>,
+    /// The ownership watch the run was given, back.
+    watch: Option<OwnershipWatch>,
 }
 
 /// Runs the primary agent until `stop` is set. The capture (and, in sync mode, the queue
@@ -168,26 +173,17 @@ pub fn run_primary_monitored(
         ..PrimaryExit::default()
     };
     // Before capturing: a primary that comes back after a takeover must not serve.
-    let mut other_holder = ownership.find_other_holder();
-    loop {
-        if let Some(holder) = other_holder.take() {
-            ownership.release_all();
-            if !ownership.wait_for_rejoin(holder, &stop, monitor.observer()) {
-                break;
-            }
-        }
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
+    while ownership.until_serving(&stop, monitor.observer()) {
+        let watch = ownership.watch();
         let run = match options.mode {
-            CommitMode::Sync => sync_mode::run(&options, &stop, monitor.clone(), &ownership),
-            CommitMode::Async => async_mode::run(&options, &stop, monitor.clone(), &ownership),
+            CommitMode::Sync => sync_mode::run(&options, &stop, monitor.clone(), watch),
+            CommitMode::Async => async_mode::run(&options, &stop, monitor.clone(), watch),
         }?;
         exit = run.exit;
+        ownership.end_watch(run.watch);
         match run.demoted {
             Some(holder) => {
                 tracing::error!(%holder, "another host serves the service address while the backup is silent (a partition healed after a takeover): this agent stops serving");
-                other_holder = Some(holder);
             }
             None => break,
         }

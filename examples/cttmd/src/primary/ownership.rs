@@ -1,122 +1,65 @@
-//! Who serves the service address: a primary that comes back after a takeover must not
-//! serve it (split brain), and a primary cut off from its backup that finds the address
-//! served elsewhere (the partition healed after a takeover) must stop serving it.
+//! The driver of the ownership check ([`cttm_core::primary::ownership`], where every decision
+//! is made, with the rules and their reasons): it probes the service addresses on the
+//! service network ([`AddressProbe`]: RFC 5227 §2.1.1 ARP probes, RFC 4862 §5.4.2 duplicate
+//! address detection), removes them from the interface and claims them back (netlink, then
+//! RFC 5227 §2.3 announcements), takes the operator's `cttmd rejoin` requests, and publishes
+//! the non-serving view.
 //!
-//! - At start, before capturing, the agent probes every service address on the service
-//!   network ([`AddressProbe`]: RFC 5227 §2.1.1 ARP probes, RFC 4862 §5.4.2 duplicate
-//!   address detection). Linux does not loop a probe back to its sender, and a host answers
-//!   only for addresses it holds, so an answer means *another* host holds the address.
-//! - A primary that found the address served elsewhere becomes **non-serving**: it removes
-//!   the service addresses from its interface (its old sockets can then send nothing: Linux
-//!   routes no packet from a source address that is not local, `ip_route_output_key`
-//!   `-ENETUNREACH`, so the returning host cannot disturb the connections the backup
-//!   continues), installs no queue rule, captures nothing, and waits for the operator's
-//!   `cttmd rejoin`. A rejoin probes again: still answered, it is refused; silent, the agent
-//!   claims the addresses (netlink + announcements) and runs as primary.
-//! - While it runs as primary and its backup is silent, [`OwnershipWatch`] probes the
-//!   addresses once a second on a thread of its own (a check takes `count x wait`, which
-//!   must not stall the capture loop); an answer demotes the agent to non-serving.
+//! - [`Ownership`] drives the check on the agent's thread before and between serving runs:
+//!   the start probe, the non-serving wait, the rejoins.
+//! - [`OwnershipWatch`] drives it during a serving run: the capture loop feeds it the
+//!   backup's liveness and polls it. A probe takes `count x wait`, which must not stall the
+//!   capture loop, so the watch's probes run on a thread of their own and their results come
+//!   back over a channel.
+//!
+//! Removing the addresses is what keeps a returning host quiet: its old sockets can then
+//! send nothing (Linux routes no packet from a source address that is not local,
+//! `ip_route_output_key` `-ENETUNREACH`), so it cannot disturb the connections the backup
+//! continues. A non-serving agent also installs no queue rule and captures nothing.
 //!
 //! `ProbeOptions::count == 0` turns all of this off (nothing is probed).
 
+use crate::clock::CoreClock;
 use crate::observe::{AgentRole, AgentView, CommitState, Observer};
 use crate::options::{CommitMode, PrimaryOptions};
+use cttm_core::backup::ProbeResult;
+use cttm_core::primary::ownership::{
+    OtherHolder, OwnershipCheck, OwnershipCommand, OwnershipConfig, OwnershipEvent,
+};
 use cttm_restore::takeover::NetlinkTakeover;
-use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeOutcome, mac_text};
-use parking_lot::Mutex;
+use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeOutcome};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often a running primary whose backup is silent probes its addresses.
-const WATCH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the watch thread and the non-serving wait look at their flags.
+/// How often the non-serving wait looks for a rejoin request and the stop flag.
 const FLAG_POLL: Duration = Duration::from_millis(20);
 
-/// Another host answered for a service address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct OtherHolder {
-    /// The service address it answered for.
-    pub(super) address: IpAddr,
-    /// Its MAC address.
-    pub(super) mac: [u8; 6],
-}
-
-impl std::fmt::Display for OtherHolder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} is served by {}", self.address, mac_text(self.mac))
-    }
-}
-
-/// The service addresses of one agent and how to probe, release and claim them.
+/// The service addresses on the interface: probing, removing and claiming them.
 #[derive(Debug)]
-pub(super) struct Ownership {
+struct ServiceAddresses {
     interface: String,
-    addresses: Vec<IpAddr>,
-    config: Option<ProbeConfig>,
+    /// `None`: probing is off, or the probe could not be opened.
     probe: Option<AddressProbe>,
+    config: ProbeConfig,
     /// Prefix lengths the addresses had when released, to claim them back the same.
     prefixes: HashMap<IpAddr, u8>,
-    mode: CommitMode,
 }
 
-impl Ownership {
-    /// The ownership checks of `options`, with the probe socket opened in the calling
-    /// thread's network namespace. A probe that cannot be opened is logged and the agent
-    /// runs without probing (the backup's own probe still prevents a double claim).
-    pub(super) fn open(options: &PrimaryOptions) -> Ownership {
-        let mut addresses: Vec<IpAddr> = options.services.iter().map(|s| s.ip()).collect();
-        addresses.sort();
-        addresses.dedup();
-        let config = (options.probe.count > 0).then_some(ProbeConfig {
-            count: options.probe.count,
-            wait: options.probe.wait,
-        });
-        let probe = config.and_then(|_| match AddressProbe::open(&options.interface) {
-            Ok(probe) => Some(probe),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot probe the service address: running without the check that no other host serves it");
-                None
-            }
-        });
-        Ownership {
-            interface: options.interface.clone(),
-            addresses,
-            config,
-            probe,
-            prefixes: HashMap::new(),
-            mode: options.mode,
+impl ServiceAddresses {
+    /// Probes `addresses` (silence when probing is off).
+    fn probe(&mut self, addresses: &[IpAddr]) -> ProbeResult {
+        match &mut self.probe {
+            Some(probe) => probe_all(probe, addresses, self.config),
+            None => ProbeResult::Silent,
         }
     }
 
-    /// Probes every service address once (`count` probes each); the first other host that
-    /// answers, if any. A failed probe is logged and counts as silence.
-    pub(super) fn find_other_holder(&mut self) -> Option<OtherHolder> {
-        let (probe, config) = (self.probe.as_mut()?, self.config?);
-        probe_all(probe, &self.addresses, config)
-    }
-
-    /// A watch probing the addresses in the background while the backup is silent
-    /// (`None` when probing is off). Opens its own probe socket in the calling thread's
-    /// network namespace.
-    pub(super) fn watch(&self) -> Option<OwnershipWatch> {
-        let config = self.config?;
-        self.probe.as_ref()?;
-        match AddressProbe::open(&self.interface) {
-            Ok(probe) => Some(OwnershipWatch::start(probe, self.addresses.clone(), config)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot probe the service address while the backup is silent");
-                None
-            }
-        }
-    }
-
-    /// Removes every service address from the interface (those it carries), remembering
-    /// their prefix lengths.
-    pub(super) fn release_all(&mut self) {
+    /// Removes those of `addresses` the interface carries, remembering their prefix lengths.
+    fn release(&mut self, addresses: &[IpAddr]) {
         let mut takeover = match NetlinkTakeover::open(&self.interface) {
             Ok(t) => t,
             Err(e) => {
@@ -125,7 +68,7 @@ impl Ownership {
             }
         };
         let present = interface_prefixes(&self.interface);
-        for address in &self.addresses {
+        for address in addresses {
             let Some(&prefix_len) = present.get(address) else {
                 continue;
             };
@@ -141,12 +84,12 @@ impl Ownership {
         }
     }
 
-    /// Adds every service address to the interface and announces it (a rejoin). An
-    /// address never seen here gets the full prefix length (/32, /128): it is reachable
-    /// through the interface's own subnet route.
-    pub(super) fn claim_all(&mut self) -> Result<(), String> {
+    /// Adds every one of `addresses` to the interface and announces it. An address never
+    /// seen here gets the full prefix length (/32, /128): it is reachable through the
+    /// interface's own subnet route.
+    fn claim(&mut self, addresses: &[IpAddr]) -> Result<(), String> {
         let mut takeover = NetlinkTakeover::open(&self.interface).map_err(|e| e.to_string())?;
-        for address in &self.addresses {
+        for address in addresses {
             let full = if address.is_ipv4() { 32 } else { 128 };
             let prefix_len = self.prefixes.get(address).copied().unwrap_or(full);
             takeover
@@ -159,77 +102,191 @@ impl Ownership {
         }
         Ok(())
     }
+}
 
-    /// Non-serving: publishes the role and the alert, then waits until `stop` (false) or
-    /// until the operator's rejoin finds the addresses free and claims them (true).
-    pub(super) fn wait_for_rejoin(
-        &mut self,
-        holder: OtherHolder,
-        stop: &AtomicBool,
-        observer: &Observer,
-    ) -> bool {
+/// Publishes the non-serving agent's view: its role and the check's alerts.
+fn publish_non_serving(observer: &Observer, mode: CommitState, check: &OwnershipCheck) {
+    let mut view = AgentView::new(AgentRole::NonServing, mode);
+    view.alerts = check.alerts();
+    observer.publish(view);
+}
+
+/// The ownership check of one agent with its service addresses, between serving runs.
+#[derive(Debug)]
+pub(super) struct Ownership {
+    /// `None` while a serving run's [`OwnershipWatch`] holds it.
+    check: Option<OwnershipCheck>,
+    addresses: ServiceAddresses,
+    mode: CommitMode,
+    /// The times the check is given (it reads no clock).
+    clock: CoreClock,
+}
+
+impl Ownership {
+    /// The ownership check of `options`, with the probe socket opened in the calling
+    /// thread's network namespace. A probe that cannot be opened is logged and the agent
+    /// runs without probing (the backup's own probe still prevents a double claim).
+    pub(super) fn open(options: &PrimaryOptions) -> Ownership {
+        let mut addresses: Vec<IpAddr> = options.services.iter().map(|s| s.ip()).collect();
+        addresses.sort();
+        addresses.dedup();
+        let probe = (options.probe.count > 0)
+            .then(|| AddressProbe::open(&options.interface))
+            .and_then(|opened| match opened {
+                Ok(probe) => Some(probe),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot probe the service address: running without the check that no other host serves it");
+                    None
+                }
+            });
+        let config = OwnershipConfig {
+            probe: probe.is_some(),
+            ..OwnershipConfig::new(addresses)
+        };
+        Ownership {
+            check: Some(OwnershipCheck::new(config)),
+            addresses: ServiceAddresses {
+                interface: options.interface.clone(),
+                probe,
+                config: ProbeConfig {
+                    count: options.probe.count,
+                    wait: options.probe.wait,
+                },
+                prefixes: HashMap::new(),
+            },
+            mode: options.mode,
+            clock: CoreClock::start(),
+        }
+    }
+
+    /// Runs the check until it says serve (true) or until `stop` (false): the start probe,
+    /// then, while another host serves the address, the non-serving wait for a rejoin.
+    pub(super) fn until_serving(&mut self, stop: &AtomicBool, observer: &Observer) -> bool {
+        let Some(check) = self.check.as_mut() else {
+            tracing::error!(
+                "the ownership check did not come back from the serving run: not serving"
+            );
+            return false;
+        };
         let mode = match self.mode {
             CommitMode::Sync => CommitState::Sync,
             CommitMode::Async => CommitState::Async,
         };
-        let waiting = format!("the service address {holder}: not serving until `cttmd rejoin`");
-        tracing::warn!(%holder, "another host serves the service address: this agent does not serve it until `cttmd rejoin`");
-        let publish = |alerts: Vec<String>| {
-            let mut view = AgentView::new(AgentRole::NonServing, mode);
-            view.alerts = alerts;
-            observer.publish(view);
-        };
-        publish(vec![waiting.clone()]);
+        let publish = |check: &OwnershipCheck| publish_non_serving(observer, mode, check);
         while !stop.load(Ordering::SeqCst) {
-            if !observer.take_rejoin_request() {
-                std::thread::sleep(FLAG_POLL);
-                continue;
-            }
-            match self.find_other_holder() {
-                Some(other) => {
-                    tracing::warn!(holder = %other, "rejoin refused: another host still serves the service address");
-                    publish(vec![
-                        waiting.clone(),
-                        format!(
-                            "rejoin refused: the service address {other}; stop the agent there first"
-                        ),
-                    ]);
+            let now = self.clock.now();
+            match check.poll(now) {
+                Some(OwnershipCommand::Serve) => return !stop.load(Ordering::SeqCst),
+                Some(command) => {
+                    carry_out(check, &mut self.addresses, &self.clock, &publish, command)
                 }
-                None => match self.claim_all() {
-                    Ok(()) => {
-                        tracing::info!(
-                            "rejoin: no other host serves the service address; serving it again"
-                        );
-                        return true;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "rejoin failed: the service address could not be claimed");
-                        publish(vec![
-                            waiting.clone(),
-                            format!("rejoin failed: claiming the service address: {e}"),
-                        ]);
-                    }
-                },
+                None if check.awaits_rejoin() && observer.take_rejoin_request() => {
+                    check.on_rejoin_request(now);
+                }
+                None => std::thread::sleep(FLAG_POLL),
             }
         }
         false
     }
-}
 
-/// Probes each of `addresses`; the first answer.
-fn probe_all(
-    probe: &mut AddressProbe,
-    addresses: &[IpAddr],
-    config: ProbeConfig,
-) -> Option<OtherHolder> {
-    for &address in addresses {
-        match probe.probe(address, config) {
-            Ok(ProbeOutcome::Answered { mac }) => return Some(OtherHolder { address, mac }),
-            Ok(ProbeOutcome::Silent) => {}
-            Err(e) => tracing::warn!(%address, error = %e, "probing the service address failed"),
+    /// A watch for one serving run (`None` when probing is off or the watch cannot probe):
+    /// it holds the check until [`Ownership::end_watch`]. Opens its own probe socket in the
+    /// calling thread's network namespace.
+    pub(super) fn watch(&mut self) -> Option<OwnershipWatch> {
+        self.addresses.probe.as_ref()?;
+        let worker = AddressProbe::open(&self.addresses.interface)
+            .map_err(|e| e.to_string())
+            .and_then(|probe| {
+                ProbeWorker::start(probe, self.addresses.config).map_err(|e| e.to_string())
+            });
+        let worker = match worker {
+            Ok(worker) => worker,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot probe the service address while the backup is silent");
+                return None;
+            }
+        };
+        Some(OwnershipWatch {
+            check: self.check.take()?,
+            clock: self.clock,
+            worker,
+            demoted: None,
+        })
+    }
+
+    /// The serving run ended: the check comes back from its watch.
+    pub(super) fn end_watch(&mut self, watch: Option<OwnershipWatch>) {
+        if let Some(watch) = watch {
+            self.check = Some(watch.check);
         }
     }
-    None
+}
+
+/// Carries out one command of the check on the agent's thread (not serving).
+fn carry_out(
+    check: &mut OwnershipCheck,
+    addresses: &mut ServiceAddresses,
+    clock: &CoreClock,
+    publish: &dyn Fn(&OwnershipCheck),
+    command: OwnershipCommand,
+) {
+    let event = match command {
+        OwnershipCommand::Probe(list) => {
+            let result = addresses.probe(&list);
+            check.on_probe(clock.now(), result)
+        }
+        OwnershipCommand::Release(list) => {
+            addresses.release(&list);
+            if let Some(holder) = check.holder() {
+                tracing::warn!(%holder, "another host serves the service address: this agent does not serve it until `cttmd rejoin`");
+            }
+            publish(check);
+            None
+        }
+        OwnershipCommand::Claim(list) => {
+            let result = addresses.claim(&list);
+            check.on_claim(clock.now(), result)
+        }
+        // Serving starts in the caller; a demotion comes only from a serving run's watch.
+        OwnershipCommand::Serve | OwnershipCommand::Demote(_) => None,
+    };
+    match event {
+        // The release that follows logs it.
+        None | Some(OwnershipEvent::ServedElsewhere(_)) => {}
+        Some(OwnershipEvent::ProbeFailed(why)) => warn_probe_failed(&why),
+        Some(OwnershipEvent::RejoinRefused(other)) => {
+            tracing::warn!(holder = %other, "rejoin refused: another host still serves the service address");
+            publish(check);
+        }
+        Some(OwnershipEvent::ClaimFailed(why)) => {
+            tracing::error!(error = %why, "rejoin failed: the service address could not be claimed");
+            publish(check);
+        }
+        Some(OwnershipEvent::Rejoined) => {
+            tracing::info!("rejoin: no other host serves the service address; serving it again")
+        }
+    }
+}
+
+/// Logs a probe that could not be made (the check counts it as silence).
+fn warn_probe_failed(why: &str) {
+    tracing::warn!(error = %why, "probing the service address failed: counted as silence");
+}
+
+/// Probes each of `addresses`: the first answer, else the first failure, else silence. A
+/// failure does not end the probe: another address may still answer.
+fn probe_all(probe: &mut AddressProbe, addresses: &[IpAddr], config: ProbeConfig) -> ProbeResult {
+    let mut failed = None;
+    for &address in addresses {
+        match probe.probe(address, config) {
+            Ok(ProbeOutcome::Answered { mac }) => return ProbeResult::Answered { address, mac },
+            Ok(ProbeOutcome::Silent) => {}
+            Err(e) => {
+                failed.get_or_insert_with(|| format!("{address}: {e}"));
+            }
+        }
+    }
+    failed.map_or(ProbeResult::Silent, ProbeResult::Failed)
 }
 
 /// The addresses `interface` carries in the calling thread's network namespace, with their
@@ -254,70 +311,103 @@ fn interface_prefixes(interface: &str) -> HashMap<IpAddr, u8> {
     found
 }
 
-#[derive(Debug, Default)]
-struct WatchShared {
-    stop: AtomicBool,
-    backup_silent: AtomicBool,
-    holder: Mutex<Option<OtherHolder>>,
-}
-
-/// Probes the service addresses once a second, on its own thread, while the agent says the
-/// backup is silent; remembers the first other host that answered. Stops when dropped.
+/// Probes on a thread of its own, one request at a time. Stops when dropped (after the
+/// probe under way, at most `count x wait`).
 #[derive(Debug)]
-pub(super) struct OwnershipWatch {
-    shared: Arc<WatchShared>,
+struct ProbeWorker {
+    /// `None` once dropping: the thread ends when its requests end.
+    requests: Option<Sender<Vec<IpAddr>>>,
+    results: Receiver<ProbeResult>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl OwnershipWatch {
-    fn start(mut probe: AddressProbe, addresses: Vec<IpAddr>, config: ProbeConfig) -> Self {
-        let shared = Arc::new(WatchShared::default());
-        let thread = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("cttm-ownership".into())
-                .spawn(move || {
-                    let mut last: Option<Instant> = None;
-                    while !shared.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(FLAG_POLL);
-                        let due = last.is_none_or(|t| t.elapsed() >= WATCH_PROBE_INTERVAL);
-                        if !due || !shared.backup_silent.load(Ordering::SeqCst) {
-                            continue;
-                        }
-                        last = Some(Instant::now());
-                        if let Some(holder) = probe_all(&mut probe, &addresses, config) {
-                            *shared.holder.lock() = Some(holder);
-                            return;
-                        }
+impl ProbeWorker {
+    fn start(mut probe: AddressProbe, config: ProbeConfig) -> std::io::Result<ProbeWorker> {
+        let (requests, inbox) = channel::<Vec<IpAddr>>();
+        let (outbox, results) = channel();
+        let thread = std::thread::Builder::new()
+            .name("cttm-ownership".into())
+            .spawn(move || {
+                for addresses in inbox {
+                    if outbox
+                        .send(probe_all(&mut probe, &addresses, config))
+                        .is_err()
+                    {
+                        return;
                     }
-                })
-        };
-        let thread = match thread {
-            Ok(t) => Some(t),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the service address watch");
-                None
-            }
-        };
-        OwnershipWatch { shared, thread }
+                }
+            })?;
+        Ok(ProbeWorker {
+            requests: Some(requests),
+            results,
+            thread: Some(thread),
+        })
     }
 
-    /// Tells the watch whether the backup is silent now (it probes only then).
-    pub(super) fn set_backup_silent(&self, silent: bool) {
-        self.shared.backup_silent.store(silent, Ordering::SeqCst);
-    }
-
-    /// Another host answered for a service address.
-    pub(super) fn other_holder(&self) -> Option<OtherHolder> {
-        *self.shared.holder.lock()
+    /// Asks for a probe of `addresses`; false if the thread is gone.
+    fn request(&self, addresses: Vec<IpAddr>) -> bool {
+        self.requests
+            .as_ref()
+            .is_some_and(|r| r.send(addresses).is_ok())
     }
 }
 
-impl Drop for OwnershipWatch {
+impl Drop for ProbeWorker {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.requests = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The check during a serving run: fed the backup's liveness, its probes carried out by a
+/// [`ProbeWorker`]; says when another host answered and the agent must stop serving.
+#[derive(Debug)]
+pub(super) struct OwnershipWatch {
+    check: OwnershipCheck,
+    clock: CoreClock,
+    worker: ProbeWorker,
+    /// The check demoted the agent: polled no more (what follows is for after the run).
+    demoted: Option<OtherHolder>,
+}
+
+impl OwnershipWatch {
+    /// The failure detector's verdict on the backup now (it probes only while silent).
+    pub(super) fn observe_backup(&mut self, alive: bool) {
+        self.check.observe_backup(alive, self.clock.now());
+    }
+
+    /// Feeds the check the probe results that came back and carries out its commands; the
+    /// other host, once the agent must stop serving.
+    pub(super) fn poll(&mut self) -> Option<OtherHolder> {
+        if self.demoted.is_some() {
+            return self.demoted;
+        }
+        let now = self.clock.now();
+        while let Ok(result) = self.worker.results.try_recv() {
+            self.on_probe(now, result);
+        }
+        // While serving the check asks only for probes, then for the demotion.
+        match self.check.poll(now) {
+            Some(OwnershipCommand::Probe(addresses)) => self.probe(now, addresses),
+            Some(OwnershipCommand::Demote(holder)) => self.demoted = Some(holder),
+            _ => {}
+        }
+        self.demoted
+    }
+
+    /// Hands a probe of `addresses` to the worker; a worker gone is a failed probe.
+    fn probe(&mut self, now: cttm_core::Instant, addresses: Vec<IpAddr>) {
+        if !self.worker.request(addresses) {
+            self.on_probe(now, ProbeResult::Failed("the probe thread stopped".into()));
+        }
+    }
+
+    /// Reports a probe's result; a failure is logged (an answer is, once the run ends).
+    fn on_probe(&mut self, now: cttm_core::Instant, result: ProbeResult) {
+        if let Some(OwnershipEvent::ProbeFailed(why)) = self.check.on_probe(now, result) {
+            warn_probe_failed(&why);
         }
     }
 }
