@@ -109,6 +109,24 @@ impl PrimaryService {
         }
     }
 
+    /// The primary's link over authenticated TCP, in one call: connects (and reconnects) to
+    /// the backup listening on `backup`, both protecting `services` and authenticated with
+    /// `key` (Noise); its sockets carry `mark` (`SO_MARK`) when given, so a queue rule that
+    /// skips the mark never holds the link's own traffic.
+    pub fn connect_tcp(
+        backup: std::net::SocketAddr,
+        key: crate::PreSharedKey,
+        services: cttm_core::ServiceSet,
+        config: PrimaryConfig,
+        mark: Option<u32>,
+    ) -> PrimaryService {
+        use crate::transport::tcp::{TcpConfig, TcpPrimaryTransport};
+        let mut tcp = TcpConfig::new(crate::Security::Noise(key), services);
+        tcp.mark = mark;
+        let transport = TcpPrimaryTransport::new(tcp, backup);
+        PrimaryService::start(config, crate::random_epoch(), Arc::new(transport))
+    }
+
     /// Ships one message (a tracker event, usually).
     pub fn submit(&self, message: ReplicationMessage) -> Result<Submitted, SubmitError> {
         let now = self.shared.clock.now();
@@ -571,6 +589,14 @@ impl cttm_core::io::link::PrimaryLink for PrimaryService {
 
     fn acked_seq(&self) -> u64 {
         PrimaryService::acked_seq(self)
+    }
+
+    fn progress(&self) -> cttm_core::io::link::LinkProgress {
+        self.with_primary(|p| cttm_core::io::link::LinkProgress {
+            acked_seq: p.acked_seq(),
+            last_seq: p.last_seq(),
+            all_protected: p.unprotected().is_empty(),
+        })
     }
 
     fn wait_acked(&self, seq: u64, timeout: Duration) -> bool {

@@ -33,6 +33,8 @@ pub trait PrimaryLink: Send + Sync {
     fn unprotected(&self) -> Vec<(ConnectionId, UnprotectedReason)>;
     /// The highest message number the backup acknowledged.
     fn acked_seq(&self) -> u64;
+    /// The numbers shipped and acknowledged, in one consistent reading.
+    fn progress(&self) -> LinkProgress;
     /// Waits at most `timeout` until the backup acknowledged message `seq`.
     fn wait_acked(&self, seq: u64, timeout: Duration) -> bool;
     /// A link is established now.
@@ -43,6 +45,17 @@ pub trait PrimaryLink: Send + Sync {
     fn take_errors(&self) -> (Vec<String>, u64);
     /// The protocol's reports since the last call.
     fn take_reports(&self) -> Vec<PrimaryReport>;
+}
+
+/// Where the primary's end of the link stands ([`PrimaryLink::progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkProgress {
+    /// The highest message number the backup acknowledged.
+    pub acked_seq: u64,
+    /// The number of the last message shipped.
+    pub last_seq: u64,
+    /// No connection is unprotected (every one is in the retained queue whole).
+    pub all_protected: bool,
 }
 
 /// The backup's end of the link. Dropping it stops the replication (at takeover); the replica

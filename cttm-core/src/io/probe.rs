@@ -9,11 +9,12 @@ use std::net::IpAddr;
 /// Probes addresses on the service network.
 ///
 /// Contract: [`probe`](Self::probe) probes each address in order and returns at the first
-/// answer ([`ProbeResult::Answered`], with the address and the MAC that answered); it returns
-/// [`ProbeResult::Silent`] only when every address was probed and none answered within the
-/// backend's wait, and [`ProbeResult::Failed`] when a probe could not be sent (an address that
-/// cannot be shown free must be treated as held). A host never hears its own probes, so an
-/// answer always means *another* host. An empty list is silent.
+/// answer ([`ProbeResult::Answered`], with the address and the MAC that answered); a probe
+/// that cannot be sent does not stop the others, and when no address answered the first such
+/// failure is returned ([`ProbeResult::Failed`]: the backup must treat the address as held,
+/// the primary's ownership check as silence); [`ProbeResult::Silent`] only when every address
+/// was probed and none answered within the backend's wait. A host never hears its own
+/// probes, so an answer always means *another* host. An empty list is silent.
 pub trait NeighbourProbe {
     /// Probes `addresses`.
     fn probe(&mut self, addresses: &[IpAddr]) -> ProbeResult;

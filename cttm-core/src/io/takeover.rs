@@ -17,6 +17,9 @@ pub trait AddressTakeover {
     fn release(&mut self, addr: IpAddr, prefix_len: u8) -> Result<(), TakeoverError>;
     /// Announces that `addr` is reachable at this host's link-layer address.
     fn announce(&mut self, addr: IpAddr) -> Result<(), TakeoverError>;
+    /// The prefix length `addr` has on this host's interface, `None` when it is not there
+    /// (so that an address released can be claimed back the same).
+    fn local_prefix_len(&mut self, addr: IpAddr) -> Result<Option<u8>, TakeoverError>;
 }
 
 /// Why an address takeover step failed.

@@ -470,4 +470,32 @@ impl crate::AddressTakeover for NetlinkTakeover {
         self.announce_address(addr)?;
         Ok(())
     }
+
+    fn local_prefix_len(&mut self, addr: IpAddr) -> Result<Option<u8>, crate::TakeoverError> {
+        let addresses = nix::ifaddrs::getifaddrs().map_err(|errno| crate::TakeoverError::Io {
+            operation: "getifaddrs",
+            source: std::io::Error::from(errno),
+        })?;
+        Ok(addresses
+            .filter(|a| a.interface_name == self.interface)
+            .find_map(|a| prefix_of(addr, a.address?, a.netmask?)))
+    }
+}
+
+/// The prefix length of `netmask` when `address` is `addr`.
+fn prefix_of(
+    addr: IpAddr,
+    address: nix::sys::socket::SockaddrStorage,
+    netmask: nix::sys::socket::SockaddrStorage,
+) -> Option<u8> {
+    let bits = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+        (Some(v4), _) if IpAddr::V4(v4.ip()) == addr => {
+            u32::from(netmask.as_sockaddr_in()?.ip()).count_ones()
+        }
+        (_, Some(v6)) if IpAddr::V6(v6.ip()) == addr => {
+            u128::from(netmask.as_sockaddr_in6()?.ip()).count_ones()
+        }
+        _ => return None,
+    };
+    u8::try_from(bits).ok()
 }

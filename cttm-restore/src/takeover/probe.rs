@@ -224,16 +224,20 @@ impl ProbeCheck {
 impl cttm_core::io::probe::NeighbourProbe for ProbeCheck {
     fn probe(&mut self, addresses: &[IpAddr]) -> cttm_core::io::probe::ProbeResult {
         use cttm_core::io::probe::ProbeResult;
+        // A failure does not end the check: another address may still answer.
+        let mut failed = None;
         for &address in addresses {
             match self.probe.probe(address, self.config) {
                 Ok(ProbeOutcome::Silent) => {}
                 Ok(ProbeOutcome::Answered { mac }) => {
                     return ProbeResult::Answered { address, mac };
                 }
-                Err(e) => return ProbeResult::Failed(e.to_string()),
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("{address}: {e}"));
+                }
             }
         }
-        ProbeResult::Silent
+        failed.map_or(ProbeResult::Silent, ProbeResult::Failed)
     }
 }
 

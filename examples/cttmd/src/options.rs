@@ -8,15 +8,7 @@ use std::time::Duration;
 /// The pre-shared key of the replication link (32 bytes).
 pub type ReplicationKey = [u8; 32];
 
-/// Output commit mode of the primary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommitMode {
-    /// Hold each outgoing service segment until the backup holds every client byte it
-    /// acknowledges and every server byte it carries (NFQUEUE). No byte is ever lost.
-    Sync,
-    /// Do not hold; report per connection the bytes a crash now would lose.
-    Async,
-}
+pub use cttm_capture::primary::{CommitMode, DEFAULT_DEGRADE_AFTER};
 
 /// Heartbeats on the replication link and failure detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,9 +57,6 @@ pub struct FenceOptions {
     /// The longest it may run; past it, it is killed and counts as failed.
     pub timeout: Duration,
 }
-
-/// The default of [`PrimaryOptions::degrade_after`]: 1 s.
-pub const DEFAULT_DEGRADE_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything the primary agent needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -247,10 +247,11 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     // a socket file left by an agent that died: nobody listens on it
     drop(UnixListener::bind(&path).expect("bind"));
     assert!(path.exists());
-    assert!(matches!(
-        query_agent(&path, StatusCommand::Status, TIMEOUT),
-        Err(StatusClientError::NotRunning { .. })
-    ));
+    let stale = query_agent(&path, StatusCommand::Status, TIMEOUT);
+    assert!(
+        matches!(stale, Err(StatusClientError::NotRunning { .. })),
+        "{stale:?}"
+    );
     let observer = Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async));
     let first = StatusServer::start(&path, observer.clone()).expect("stale socket replaced");
 

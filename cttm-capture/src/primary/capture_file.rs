@@ -3,7 +3,7 @@
 //! the agent stops. Writing the file never stops the agent: the first error is logged and
 //! writing stops.
 
-use cttm_capture::pcap::{PcapngWriter, TimeResolution};
+use crate::pcap::{PcapngWriter, TimeResolution};
 use cttm_core::Instant;
 use cttm_core::wire::LinkType;
 use std::fs::File;
@@ -81,11 +81,11 @@ impl CaptureRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cttm_capture::pcap::PcapFileReader;
+    use crate::pcap::PcapFileReader;
     use cttm_core::wire::parse_frame;
 
     /// A TCP segment 198.18.0.10:7000 -> 198.18.0.1:40000 carrying `payload`, as raw IPv4,
-    /// built by hand (cttmd does not depend on etherparse): no IP or TCP options, checksums
+    /// built by hand (this crate does not depend on etherparse): no IP or TCP options, checksums
     /// left zero as a capture sees them under checksum offload.
     fn segment(payload: &[u8]) -> Vec<u8> {
         let total = 20 + 20 + payload.len();

@@ -17,13 +17,13 @@
 //! by then, so the final status covers every byte the client may have seen, and its bytes
 //! at risk are an honest upper bound of what the crash lost.
 
-use super::agent::{Agent, epoch_now, service_set, start_replication};
+use super::agent::{Agent, epoch_now, service_set};
 use super::ownership::OwnershipWatch;
+use super::{LinkFactory, PrimarySettings};
 use super::{PrimaryError, PrimaryMonitor, RunEnd};
-use crate::options::PrimaryOptions;
-use cttm_capture::af_packet::{AfPacketConfig, AfPacketSource, CaptureMode};
-use cttm_capture::nfqueue::DEFAULT_BYPASS_MARK;
-use cttm_capture::{CaptureSource, CapturedFrame};
+use crate::af_packet::{AfPacketConfig, AfPacketSource, CaptureMode};
+use crate::nfqueue::DEFAULT_BYPASS_MARK;
+use crate::{CaptureSource, CapturedFrame};
 use cttm_core::wire::parse_frame;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,7 +40,8 @@ const WINDOW_LOG_INTERVAL: Duration = Duration::from_secs(1);
 const DRAIN_READS: usize = 1024;
 
 pub(super) fn run(
-    options: &PrimaryOptions,
+    options: &PrimarySettings,
+    link: &mut LinkFactory,
     stop: &AtomicBool,
     monitor: PrimaryMonitor,
     watch: Option<OwnershipWatch>,
@@ -62,7 +63,7 @@ pub(super) fn run(
     })?;
     // The mark is not needed to bypass anything here, but keeps the replication traffic
     // recognisable the same way in both modes.
-    let service = start_replication(options, DEFAULT_BYPASS_MARK);
+    let service = link(DEFAULT_BYPASS_MARK);
     let mut agent = Agent::new(options, service, monitor.clone(), watch);
     tracing::info!(interface = %options.interface, mode = ?source.mode(), "async mode: capturing with AF_PACKET, nothing is held; bytes at risk are reported per connection");
     let mut window = LossWindow::new();

@@ -15,12 +15,12 @@
 
 use super::PrimaryStatus;
 use super::status::ConnectionStatus;
-use crate::observe::{
-    AgentRole, AgentView, CommitState, ConnectionView, Counters, Histogram, ProtectionState,
-};
 use cttm_core::ConnectionId;
 use cttm_core::event::{Side, UnsafeReason};
-use cttm_replicate::{AckedOffsets, UnprotectedReason};
+use cttm_core::observe::{
+    AgentRole, AgentView, CommitState, ConnectionView, Counters, Histogram, ProtectionState,
+};
+use cttm_core::replication::{AckedOffsets, UnprotectedReason};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -193,7 +193,7 @@ fn describe_unprotected(reason: UnprotectedReason) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::CommitMode;
+    use crate::primary::CommitMode;
     use crate::primary::PrimaryExit;
     use std::time::Duration;
 

@@ -1,12 +1,12 @@
 //! What the primary agent reports while it runs: per connection, what the backup holds and
 //! how many bytes a crash now would lose.
 
-use crate::observe::{AgentRole, AgentView, CommitState, Observer};
-use crate::options::CommitMode;
+use super::CommitMode;
 use cttm_core::ConnectionId;
 use cttm_core::event::{Side, UnsafeReason};
+use cttm_core::observe::{AgentRole, AgentView, CommitState, Observer};
 use cttm_core::record::ConnectionRecord;
-use cttm_replicate::AckedOffsets;
+use cttm_core::replication::AckedOffsets;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -108,7 +108,7 @@ impl PrimaryStatus {
 }
 
 /// A handle on a running primary agent's status: give a clone to
-/// [`run_primary_monitored`](super::run_primary_monitored) and call
+/// [`PrimaryBuilder::monitor`](super::PrimaryBuilder::monitor) and call
 /// [`status`](PrimaryMonitor::status) from any thread. The agent refreshes it every few
 /// milliseconds while it runs and once more when it stops.
 ///

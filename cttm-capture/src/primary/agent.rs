@@ -6,25 +6,22 @@ use super::capture_file::CaptureRecorder;
 use super::ownership::OwnershipWatch;
 use super::status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 use super::view::{ViewInputs, ViewState};
-use crate::observe::CommitState;
-use crate::options::{CommitMode, PrimaryOptions};
-use cttm_capture::CapturedFrame;
-use cttm_capture::nfqueue::PacketId;
+use super::{CommitMode, PrimarySettings};
+use crate::CapturedFrame;
+use crate::nfqueue::PacketId;
 use cttm_core::commit::BackupHolds;
 use cttm_core::event::UnsafeReason;
+use cttm_core::io::link::PrimaryLink;
+use cttm_core::observe::CommitState;
 use cttm_core::primary::OtherHolder;
 use cttm_core::primary::hold::OutputHold;
 use cttm_core::record::ConnectionRecord;
+use cttm_core::replication::{PrimaryReport, Submitted};
 use cttm_core::{
-    ConnectionEvent, ConnectionId, EventKind, Instant, MessageV1, ReplicaConfig,
-    ReplicationMessage, SegmentRepr, ServiceEndpoint, ServiceSet, Tracker, TrackerConfig,
-};
-use cttm_replicate::transport::tcp::{TcpConfig, TcpPrimaryTransport};
-use cttm_replicate::{
-    PreSharedKey, PrimaryConfig, PrimaryReport, PrimaryService, Security, Submitted,
+    ConnectionEvent, ConnectionId, EventKind, Instant, MessageV1, ReplicationMessage, SegmentRepr,
+    ServiceEndpoint, ServiceSet, Tracker, TrackerConfig,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How often the tracker and the replication state are tidied (closed connections
@@ -42,34 +39,14 @@ pub(super) fn epoch_now() -> Instant {
 }
 
 /// The service set of the options.
-pub(super) fn service_set(options: &PrimaryOptions) -> ServiceSet {
+pub(super) fn service_set(options: &PrimarySettings) -> ServiceSet {
     ServiceSet::new(options.services.iter().copied().map(ServiceEndpoint::new))
-}
-
-/// Starts replication to the backup over the authenticated TCP link. Its sockets carry
-/// `mark` (`SO_MARK`), so the NFQUEUE rules never hold the agent's own traffic.
-pub(super) fn start_replication(options: &PrimaryOptions, mark: u32) -> PrimaryService {
-    let mut tcp = TcpConfig::new(
-        Security::Noise(PreSharedKey::new(options.key)),
-        service_set(options),
-    );
-    tcp.mark = Some(mark);
-    let transport = TcpPrimaryTransport::new(tcp, options.backup);
-    let config = PrimaryConfig {
-        max_retained_bytes: options.retention_limit,
-        heartbeat_interval: options.heartbeat.interval,
-        failure_misses: options.heartbeat.misses,
-        // The primary's copy must keep client bytes as the backup's replica does.
-        client_retention: ReplicaConfig::default().client_retention,
-        ..PrimaryConfig::default()
-    };
-    PrimaryService::start(config, cttm_replicate::random_epoch(), Arc::new(transport))
 }
 
 /// Tracker, replication and bookkeeping of one agent run.
 pub(super) struct Agent {
     pub(super) tracker: Tracker,
-    pub(super) service: PrimaryService,
+    pub(super) service: Box<dyn PrimaryLink>,
     mode: CommitMode,
     events: Vec<ConnectionEvent>,
     pub(super) stats: PrimaryExit,
@@ -90,8 +67,8 @@ pub(super) struct Agent {
 
 impl Agent {
     pub(super) fn new(
-        options: &PrimaryOptions,
-        service: PrimaryService,
+        options: &PrimarySettings,
+        service: Box<dyn PrimaryLink>,
         monitor: PrimaryMonitor,
         watch: Option<OwnershipWatch>,
     ) -> Agent {
@@ -209,7 +186,8 @@ impl Agent {
         }
         let messages = events
             .into_iter()
-            .map(|e| ReplicationMessage::V1(MessageV1::Event(e)));
+            .map(|e| ReplicationMessage::V1(MessageV1::Event(e)))
+            .collect();
         match self.service.submit_all(messages) {
             Ok(submitted) => {
                 let unprotected = submitted

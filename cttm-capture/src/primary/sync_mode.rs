@@ -4,15 +4,13 @@
 //! this is its driver: it reads the queue, tracks each packet, feeds the machine, and gives
 //! the verdicts it says.
 
-use super::agent::{Agent, service_set, start_replication};
+use super::agent::{Agent, service_set};
+use super::clock::CoreClock;
 use super::ownership::OwnershipWatch;
 use super::{HoldTimes, PrimaryError, PrimaryMonitor, RunEnd};
-use crate::clock::CoreClock;
-use crate::options::PrimaryOptions;
-use cttm_capture::CaptureSource;
-use cttm_capture::nfqueue::{
-    NfqueueConfig, NfqueueError, NfqueueSource, PacketId, QueueDirections,
-};
+use super::{LinkFactory, PrimarySettings};
+use crate::CaptureSource;
+use crate::nfqueue::{NfqueueConfig, NfqueueError, NfqueueSource, PacketId, QueueDirections};
 use cttm_core::primary::OtherHolder;
 use cttm_core::primary::degrade::{BackupHealth, Transition};
 use cttm_core::primary::hold::{
@@ -37,7 +35,8 @@ struct Hold {
 }
 
 pub(super) fn run(
-    options: &PrimaryOptions,
+    options: &PrimarySettings,
+    link: &mut LinkFactory,
     stop: &AtomicBool,
     monitor: PrimaryMonitor,
     watch: Option<OwnershipWatch>,
@@ -48,7 +47,7 @@ pub(super) fn run(
         queue: options.queue,
         source,
     })?;
-    let service = start_replication(options, source.bypass_mark());
+    let service = link(source.bypass_mark());
     let mut agent = Agent::new(options, service, monitor, watch);
     let mut hold = Hold {
         machine: OutputHold::new(HoldConfig::new(options.degrade_after)),
@@ -164,9 +163,12 @@ fn carry_out(
 
 /// What the agent knows of the backup now, for the degrade policy.
 fn backup_health(agent: &Agent) -> BackupHealth {
-    let (acked_seq, last_seq, all_reprotected) = agent
-        .service
-        .with_primary(|p| (p.acked_seq(), p.last_seq(), p.unprotected().is_empty()));
+    let progress = agent.service.progress();
+    let (acked_seq, last_seq, all_reprotected) = (
+        progress.acked_seq,
+        progress.last_seq,
+        progress.all_protected,
+    );
     BackupHealth {
         link_up: agent.service.link_up(),
         backup_alive: agent.service.backup_alive(),

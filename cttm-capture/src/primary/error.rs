@@ -1,10 +1,10 @@
 //! What can stop the primary agent.
 
-use cttm_capture::CaptureError;
-use cttm_capture::nfqueue::NfqueueError;
+use crate::CaptureError;
+use crate::nfqueue::NfqueueError;
 use thiserror::Error;
 
-/// Why [`run_primary`](super::run_primary) stopped with an error. Errors of the replication
+/// Why [`PrimaryAgent::run`](super::PrimaryAgent::run) stopped with an error. Errors of the replication
 /// link are not here: the link reconnects by itself, and they are logged.
 #[derive(Debug, Error)]
 pub enum PrimaryError {
@@ -31,6 +31,12 @@ pub enum PrimaryError {
         #[source]
         source: NfqueueError,
     },
+    /// A required backend was not given to the builder.
+    #[error("the primary agent needs {0}: give it to the builder")]
+    Missing(&'static str),
+    /// The agent's thread panicked (a bug: please report it with the log).
+    #[error("the primary agent's thread panicked")]
+    Panicked,
     /// Reading captured or queued packets failed.
     #[error("reading the service's packets failed: {0}; restart the agent")]
     Capture(#[source] CaptureError),

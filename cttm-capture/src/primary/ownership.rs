@@ -19,15 +19,16 @@
 //!
 //! `ProbeOptions::count == 0` turns all of this off (nothing is probed).
 
-use crate::clock::CoreClock;
-use crate::observe::{AgentRole, AgentView, CommitState, Observer};
-use crate::options::{CommitMode, PrimaryOptions};
+use super::ProbeFactory;
+use super::clock::CoreClock;
+use super::{CommitMode, PrimarySettings};
 use cttm_core::backup::ProbeResult;
+use cttm_core::io::probe::NeighbourProbe;
+use cttm_core::io::takeover::AddressTakeover;
+use cttm_core::observe::{AgentRole, AgentView, CommitState, Observer};
 use cttm_core::primary::ownership::{
     OtherHolder, OwnershipCheck, OwnershipCommand, OwnershipConfig, OwnershipEvent,
 };
-use cttm_restore::takeover::NetlinkTakeover;
-use cttm_restore::takeover::probe::{AddressProbe, ProbeConfig, ProbeOutcome};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,43 +40,58 @@ use std::time::Duration;
 const FLAG_POLL: Duration = Duration::from_millis(20);
 
 /// The service addresses on the interface: probing, removing and claiming them.
-#[derive(Debug)]
 struct ServiceAddresses {
     interface: String,
     /// `None`: probing is off, or the probe could not be opened.
-    probe: Option<AddressProbe>,
-    config: ProbeConfig,
+    probe: Option<Box<dyn NeighbourProbe + Send>>,
+    /// Opens another probe (for the watch's thread).
+    open_probe: Option<ProbeFactory>,
+    /// `None`: the address takeover could not be opened (releases and claims are logged as
+    /// impossible).
+    takeover: Option<Box<dyn AddressTakeover + Send>>,
     /// Prefix lengths the addresses had when released, to claim them back the same.
     prefixes: HashMap<IpAddr, u8>,
+}
+
+impl std::fmt::Debug for ServiceAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAddresses")
+            .field("interface", &self.interface)
+            .field("prefixes", &self.prefixes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServiceAddresses {
     /// Probes `addresses` (silence when probing is off).
     fn probe(&mut self, addresses: &[IpAddr]) -> ProbeResult {
         match &mut self.probe {
-            Some(probe) => probe_all(probe, addresses, self.config),
+            Some(probe) => probe.probe(addresses),
             None => ProbeResult::Silent,
         }
     }
 
     /// Removes those of `addresses` the interface carries, remembering their prefix lengths.
     fn release(&mut self, addresses: &[IpAddr]) {
-        let mut takeover = match NetlinkTakeover::open(&self.interface) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot remove the service address from the interface: remove it by hand (`ip addr del`)");
-                return;
-            }
+        let Some(takeover) = self.takeover.as_mut() else {
+            tracing::error!(
+                "cannot remove the service address from the interface: remove it by hand (`ip addr del`)"
+            );
+            return;
         };
-        let present = interface_prefixes(&self.interface);
         for address in addresses {
-            let Some(&prefix_len) = present.get(address) else {
-                continue;
+            let prefix_len = match takeover.local_prefix_len(*address) {
+                Ok(Some(prefix_len)) => prefix_len,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(%address, error = %e, "cannot read the interface's addresses: remove the service address by hand (`ip addr del`)");
+                    continue;
+                }
             };
             self.prefixes.insert(*address, prefix_len);
-            match takeover.release_address(*address, prefix_len) {
-                Ok(outcome) => {
-                    tracing::warn!(%address, prefix_len, ?outcome, interface = %self.interface, "service address removed: another host serves it")
+            match takeover.release(*address, prefix_len) {
+                Ok(()) => {
+                    tracing::warn!(%address, prefix_len, interface = %self.interface, "service address removed: another host serves it")
                 }
                 Err(e) => {
                     tracing::error!(%address, error = %e, "removing the service address failed: remove it by hand (`ip addr del`)")
@@ -88,16 +104,17 @@ impl ServiceAddresses {
     /// seen here gets the full prefix length (/32, /128): it is reachable through the
     /// interface's own subnet route.
     fn claim(&mut self, addresses: &[IpAddr]) -> Result<(), String> {
-        let mut takeover = NetlinkTakeover::open(&self.interface).map_err(|e| e.to_string())?;
+        let takeover = self
+            .takeover
+            .as_mut()
+            .ok_or_else(|| format!("no address takeover on {}", self.interface))?;
         for address in addresses {
             let full = if address.is_ipv4() { 32 } else { 128 };
             let prefix_len = self.prefixes.get(address).copied().unwrap_or(full);
             takeover
-                .claim_address(*address, prefix_len)
+                .claim(*address, prefix_len)
                 .map_err(|e| e.to_string())?;
-            takeover
-                .announce_address(*address)
-                .map_err(|e| e.to_string())?;
+            takeover.announce(*address).map_err(|e| e.to_string())?;
             tracing::info!(%address, prefix_len, "service address claimed and announced");
         }
         Ok(())
@@ -123,15 +140,21 @@ pub(super) struct Ownership {
 }
 
 impl Ownership {
-    /// The ownership check of `options`, with the probe socket opened in the calling
-    /// thread's network namespace. A probe that cannot be opened is logged and the agent
-    /// runs without probing (the backup's own probe still prevents a double claim).
-    pub(super) fn open(options: &PrimaryOptions) -> Ownership {
-        let mut addresses: Vec<IpAddr> = options.services.iter().map(|s| s.ip()).collect();
+    /// The ownership check of `settings`, probing with what `open_probe` opens (in the
+    /// calling thread's network namespace; `None`: probing is off) and releasing and claiming
+    /// with `takeover`. A probe that cannot be opened is logged and the agent runs without
+    /// probing (the backup's own probe still prevents a double claim).
+    pub(super) fn open(
+        settings: &PrimarySettings,
+        mut open_probe: Option<ProbeFactory>,
+        takeover: Option<Box<dyn AddressTakeover + Send>>,
+    ) -> Ownership {
+        let mut addresses: Vec<IpAddr> = settings.services.iter().map(|s| s.ip()).collect();
         addresses.sort();
         addresses.dedup();
-        let probe = (options.probe.count > 0)
-            .then(|| AddressProbe::open(&options.interface))
+        let probe = open_probe
+            .as_mut()
+            .map(|open| open())
             .and_then(|opened| match opened {
                 Ok(probe) => Some(probe),
                 Err(e) => {
@@ -146,15 +169,13 @@ impl Ownership {
         Ownership {
             check: Some(OwnershipCheck::new(config)),
             addresses: ServiceAddresses {
-                interface: options.interface.clone(),
+                interface: settings.interface.clone(),
                 probe,
-                config: ProbeConfig {
-                    count: options.probe.count,
-                    wait: options.probe.wait,
-                },
+                open_probe,
+                takeover,
                 prefixes: HashMap::new(),
             },
-            mode: options.mode,
+            mode: settings.mode,
             clock: CoreClock::start(),
         }
     }
@@ -194,11 +215,8 @@ impl Ownership {
     /// calling thread's network namespace.
     pub(super) fn watch(&mut self) -> Option<OwnershipWatch> {
         self.addresses.probe.as_ref()?;
-        let worker = AddressProbe::open(&self.addresses.interface)
-            .map_err(|e| e.to_string())
-            .and_then(|probe| {
-                ProbeWorker::start(probe, self.addresses.config).map_err(|e| e.to_string())
-            });
+        let open = self.addresses.open_probe.as_mut()?;
+        let worker = open().and_then(|probe| ProbeWorker::start(probe).map_err(|e| e.to_string()));
         let worker = match worker {
             Ok(worker) => worker,
             Err(e) => {
@@ -273,44 +291,6 @@ fn warn_probe_failed(why: &str) {
     tracing::warn!(error = %why, "probing the service address failed: counted as silence");
 }
 
-/// Probes each of `addresses`: the first answer, else the first failure, else silence. A
-/// failure does not end the probe: another address may still answer.
-fn probe_all(probe: &mut AddressProbe, addresses: &[IpAddr], config: ProbeConfig) -> ProbeResult {
-    let mut failed = None;
-    for &address in addresses {
-        match probe.probe(address, config) {
-            Ok(ProbeOutcome::Answered { mac }) => return ProbeResult::Answered { address, mac },
-            Ok(ProbeOutcome::Silent) => {}
-            Err(e) => {
-                failed.get_or_insert_with(|| format!("{address}: {e}"));
-            }
-        }
-    }
-    failed.map_or(ProbeResult::Silent, ProbeResult::Failed)
-}
-
-/// The addresses `interface` carries in the calling thread's network namespace, with their
-/// prefix lengths.
-fn interface_prefixes(interface: &str) -> HashMap<IpAddr, u8> {
-    let mut found = HashMap::new();
-    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
-        return found;
-    };
-    for a in addresses.filter(|a| a.interface_name == interface) {
-        let (Some(address), Some(mask)) = (a.address, a.netmask) else {
-            continue;
-        };
-        if let (Some(v4), Some(m)) = (address.as_sockaddr_in(), mask.as_sockaddr_in()) {
-            let bits = u32::from(m.ip()).count_ones() as u8;
-            found.insert(IpAddr::V4(v4.ip()), bits);
-        } else if let (Some(v6), Some(m)) = (address.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
-            let bits = u128::from(m.ip()).count_ones() as u8;
-            found.insert(IpAddr::V6(v6.ip()), bits);
-        }
-    }
-    found
-}
-
 /// Probes on a thread of its own, one request at a time. Stops when dropped (after the
 /// probe under way, at most `count x wait`).
 #[derive(Debug)]
@@ -322,17 +302,14 @@ struct ProbeWorker {
 }
 
 impl ProbeWorker {
-    fn start(mut probe: AddressProbe, config: ProbeConfig) -> std::io::Result<ProbeWorker> {
+    fn start(mut probe: Box<dyn NeighbourProbe + Send>) -> std::io::Result<ProbeWorker> {
         let (requests, inbox) = channel::<Vec<IpAddr>>();
         let (outbox, results) = channel();
         let thread = std::thread::Builder::new()
             .name("cttm-ownership".into())
             .spawn(move || {
                 for addresses in inbox {
-                    if outbox
-                        .send(probe_all(&mut probe, &addresses, config))
-                        .is_err()
-                    {
+                    if outbox.send(probe.probe(&addresses)).is_err() {
                         return;
                     }
                 }
