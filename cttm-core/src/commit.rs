@@ -24,6 +24,14 @@
 //! - a **SYN-ACK** waits until the backup holds the connection's handshake (ISNs and
 //!   options): the client's ACK of it would otherwise create a connection the backup could
 //!   never restore.
+//! - on a **checkpointed** connection (a non-deterministic daemon reports its state,
+//!   [`crate::checkpoint`]), every server byte the segment carries (and every one before it)
+//!   is also covered by a checkpoint the backup holds: its `server_produced` is at or past
+//!   the end of those bytes. Replaying the client's bytes would not reproduce what such a
+//!   daemon wrote, so a standby can only continue the stream from a checkpoint that already
+//!   accounts for every byte the client may have read. The daemon checkpoints before each
+//!   write with `server_produced` the offset after it, so a covering checkpoint exists by
+//!   the time the segment is held. The FIN is not part of this: a checkpoint counts bytes.
 //!
 //! [`OutputCommit`] is that gate, sans-IO: the caller [`hold`](OutputCommit::hold)s each
 //! outgoing packet (any handle, e.g. an NFQUEUE packet id) with its
@@ -55,6 +63,13 @@ pub enum CommitRequirement {
         /// [`StreamState::sequence_end`](crate::record::StreamState::sequence_end) of the
         /// server stream).
         server: u64,
+        /// `Some` when the connection is checkpointed: the server byte offset (the end of
+        /// the bytes the segment and those before it carry, without the FIN, as
+        /// [`StreamState::received_end`](crate::record::StreamState::received_end)) that
+        /// the checkpoint the backup acknowledged must reach
+        /// ([`BackupHolds::checkpoint`]). `None`: the connection is not checkpointed and
+        /// only the offsets above count.
+        checkpoint: Option<u64>,
     },
     /// The backup holds the connection's handshake (a SYN-ACK).
     Handshake,
@@ -68,6 +83,9 @@ pub struct BackupHolds {
     pub client: u64,
     /// Every server offset below this is held (bytes, and the FIN if it is below).
     pub server: u64,
+    /// The `server_produced` of the last application checkpoint of the connection the
+    /// backup holds ([`crate::checkpoint::Checkpoint`]); `None` when it holds none.
+    pub checkpoint: Option<u64>,
 }
 
 impl CommitRequirement {
@@ -77,8 +95,17 @@ impl CommitRequirement {
         match (self, holds) {
             (_, None) => false,
             (CommitRequirement::Handshake, Some(_)) => true,
-            (CommitRequirement::Offsets { client, server }, Some(h)) => {
-                h.client >= *client && h.server >= *server
+            (
+                CommitRequirement::Offsets {
+                    client,
+                    server,
+                    checkpoint,
+                },
+                Some(h),
+            ) => {
+                h.client >= *client
+                    && h.server >= *server
+                    && checkpoint.is_none_or(|needed| h.checkpoint.is_some_and(|c| c >= needed))
             }
         }
     }

@@ -18,6 +18,7 @@
 //! | [`replica`] | the backup's pure state: [`Replica`] |
 //! | [`message`] | versioned replication messages, [`ReplicationMessage`] |
 //! | [`replication`] | the replication protocol's two endpoints ([`replication::Primary`], [`replication::Backup`]: numbering, acknowledgements, resynchronisation, heartbeats, failure detection, retention) and its messages ([`replication::WireMessage`]) |
+//! | [`checkpoint`] | [`Checkpoint`]: a non-deterministic application's per-connection state, and its contract |
 //! | [`commit`] | the output-commit gate: held output released once the backup holds what it reveals |
 //! | [`primary`] | the primary host's decisions: ownership check (probe, non-serving, rejoin, watch), sync mode's hold and its degrade policy |
 //! | [`backup`] | the backup host's decisions: the takeover guard (probe, fence, refuse, retry) |
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod checkpoint;
 pub mod commit;
 pub mod endpoint;
 pub mod event;
@@ -42,6 +44,7 @@ pub mod time;
 pub mod track;
 pub mod wire;
 
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use endpoint::{ConnectionId, ServiceEndpoint, ServiceSet};
 pub use event::{CloseHow, ConnectionEvent, EventKind, Handshake, Side};
 pub use message::{MessageV1, PROTOCOL_VERSION, ReplicationMessage};

@@ -2,6 +2,7 @@
 //! outer [`ReplicationMessage`] enum has one variant per protocol version, so a transport only
 //! frames and ships them, and a receiver can tell a message of another version from garbage.
 
+use crate::checkpoint::Checkpoint;
 use crate::endpoint::ConnectionId;
 use crate::event::ConnectionEvent;
 use crate::record::ConnectionRecord;
@@ -48,4 +49,7 @@ pub enum MessageV1 {
         /// The sender's time when it sent the heartbeat.
         sent_at: Instant,
     },
+    /// An application checkpoint of one connection (a non-deterministic daemon's state,
+    /// [`crate::checkpoint`]): the backup keeps the latest one with the connection's record.
+    Checkpoint(Checkpoint),
 }

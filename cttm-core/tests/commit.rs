@@ -13,11 +13,19 @@ fn id(n: u16) -> ConnectionId {
 }
 
 fn offsets(client: u64, server: u64) -> CommitRequirement {
-    CommitRequirement::Offsets { client, server }
+    CommitRequirement::Offsets {
+        client,
+        server,
+        checkpoint: None,
+    }
 }
 
 fn holds(client: u64, server: u64) -> Option<BackupHolds> {
-    Some(BackupHolds { client, server })
+    Some(BackupHolds {
+        client,
+        server,
+        checkpoint: None,
+    })
 }
 
 /// What the backup holds, per connection, as a lookup the gate can call.
@@ -28,7 +36,14 @@ impl Backup {
         Backup(HashMap::new())
     }
     fn set(&mut self, id: ConnectionId, client: u64, server: u64) {
-        self.0.insert(id, BackupHolds { client, server });
+        self.0.insert(
+            id,
+            BackupHolds {
+                client,
+                server,
+                checkpoint: None,
+            },
+        );
     }
     fn lookup(&self) -> impl FnMut(&ConnectionId) -> Option<BackupHolds> + '_ {
         |id| self.0.get(id).copied()

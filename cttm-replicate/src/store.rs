@@ -262,7 +262,10 @@ fn publish_applied(inner: &mut StoreInner, payload: &Payload, forgotten: Vec<Con
             MessageV1::Event(e) => inner.publish(|| StoreEvent::Event(e.clone())),
             MessageV1::Record(r) => inner.publish(|| StoreEvent::Record(r.id())),
             MessageV1::Forget(id) => inner.publish(|| StoreEvent::Forgotten(*id)),
-            MessageV1::Heartbeat { .. } => {}
+            // A checkpoint only replaces the state a takeover resumes from: nothing for the
+            // subscribers (shadow sessions replay deterministic daemons, which do not
+            // checkpoint).
+            MessageV1::Heartbeat { .. } | MessageV1::Checkpoint(_) => {}
         },
         Payload::Retain(_) => {
             for id in forgotten {

@@ -145,6 +145,7 @@ impl Agent {
         self.service.acknowledged(id).map(|o| BackupHolds {
             client: o.client,
             server: o.server,
+            checkpoint: o.checkpoint,
         })
     }
 

@@ -210,7 +210,11 @@ mod tests {
         sent: u64,
         backup: Option<(u64, u64)>,
     ) -> ConnectionStatus {
-        let backup = backup.map(|(client, server)| AckedOffsets { client, server });
+        let backup = backup.map(|(client, server)| AckedOffsets {
+            client,
+            server,
+            checkpoint: None,
+        });
         let holds = backup.unwrap_or_default();
         ConnectionStatus {
             id: id(port),

@@ -16,7 +16,9 @@
 //!   sees them.
 //! - **Hold** every other outgoing segment in the [`OutputCommit`] gate: a SYN-ACK until the
 //!   backup holds the handshake, any other until it holds every client byte the segment
-//!   acknowledges and every server byte up to its end.
+//!   acknowledges and every server byte up to its end; on a connection the application
+//!   checkpoints ([`decide_checkpointed`]), also until the backup holds a checkpoint that
+//!   covers those server bytes ([`crate::checkpoint`]).
 //!
 //! After each batch ([`OutputHold::release`]): the held packets of connections that ended
 //! badly, were forgotten, or became unrestorable leave (unprotected), then those the
@@ -85,8 +87,22 @@ pub enum HoldDecision {
     Hold(ConnectionId, CommitRequirement),
 }
 
-/// The decision for a segment the tracker has just seen (`tracker` already includes it).
+/// The decision for a segment the tracker has just seen (`tracker` already includes it),
+/// for connections that are not checkpointed.
 pub fn decide(tracker: &Tracker, segment: &SegmentRepr<'_>) -> HoldDecision {
+    decide_checkpointed(tracker, segment, |_| false)
+}
+
+/// The decision for a segment the tracker has just seen (`tracker` already includes it);
+/// `is_checkpointed(id)` says whether the application checkpoints the connection (it holds
+/// a checkpoint in the primary's copy, [`crate::replication::Primary::mirror`]): a server
+/// segment of such a connection also waits for an acknowledged checkpoint covering every
+/// server byte sent ([`CommitRequirement::Offsets::checkpoint`]).
+pub fn decide_checkpointed(
+    tracker: &Tracker,
+    segment: &SegmentRepr<'_>,
+    is_checkpointed: impl FnOnce(&ConnectionId) -> bool,
+) -> HoldDecision {
     let services = &tracker.config().services;
     let Some((id, side)) = services.classify(segment.src, segment.dst) else {
         return HoldDecision::Pass;
@@ -106,7 +122,8 @@ pub fn decide(tracker: &Tracker, segment: &SegmentRepr<'_>) -> HoldDecision {
     if segment.flags.syn() {
         return HoldDecision::Hold(id, CommitRequirement::Handshake);
     }
-    HoldDecision::Hold(id, requirement_of(record))
+    let checkpointed = record.checkpoint().is_some() || is_checkpointed(&id);
+    HoldDecision::Hold(id, requirement_of(record, checkpointed))
 }
 
 /// What the backup must hold before the connection's latest server segment may leave (the
@@ -115,11 +132,15 @@ pub fn decide(tracker: &Tracker, segment: &SegmentRepr<'_>) -> HoldDecision {
 /// once the server acknowledged it, and the server stream's sequence end counts the server's
 /// FIN once sent. So the server's FIN, and its acknowledgement of the client's FIN, leave
 /// only once the backup holds that FIN (its acknowledged offsets count FINs the same way),
-/// and a close never waits for more than the backup can hold.
-fn requirement_of(record: &ConnectionRecord) -> CommitRequirement {
+/// and a close never waits for more than the backup can hold. A `checkpointed` connection
+/// also requires a checkpoint covering every server byte sent, FIN excluded
+/// ([`CommitRequirement::Offsets::checkpoint`]).
+fn requirement_of(record: &ConnectionRecord, checkpointed: bool) -> CommitRequirement {
+    let server = record.stream(Side::Server);
     CommitRequirement::Offsets {
         client: record.stream(Side::Client).acked(),
-        server: record.stream(Side::Server).sequence_end(),
+        server: server.sequence_end(),
+        checkpoint: checkpointed.then(|| server.received_end()),
     }
 }
 

@@ -140,11 +140,19 @@ impl Service {
 }
 
 fn offsets(client: u64, server: u64) -> CommitRequirement {
-    CommitRequirement::Offsets { client, server }
+    CommitRequirement::Offsets {
+        client,
+        server,
+        checkpoint: None,
+    }
 }
 
 fn holds(client: u64, server: u64) -> Option<BackupHolds> {
-    Some(BackupHolds { client, server })
+    Some(BackupHolds {
+        client,
+        server,
+        checkpoint: None,
+    })
 }
 
 fn hold() -> OutputHold<u32> {
@@ -506,4 +514,39 @@ fn hold_time_samples_are_bounded_but_the_histogram_counts_every_release() {
     h.release(at(12), &s.tracker, backup(1, 0, 10));
     assert_eq!(h.hold_time().count, 2);
     assert_eq!(h.take_hold_samples(), vec![2_000]);
+}
+
+#[test]
+fn a_checkpointed_connection_also_waits_for_a_checkpoint_covering_its_server_bytes() {
+    let mut s = Service::new();
+    s.handshake(1);
+    s.server_data(1, 0, 40, 0);
+    let fin = Seg::server(id(1), SERVER_ISN + 1 + 40, CLIENT_ISN + 1).flag(TcpFlags::FIN);
+    s.tracker.on_segment(at(4), &fin, &mut Vec::new());
+    // Not checkpointed: today's requirement, the FIN counted in the server offset.
+    assert_eq!(
+        decide_checkpointed(&s.tracker, &fin, |_| false),
+        HoldDecision::Hold(id(1), offsets(0, 41))
+    );
+    assert_eq!(
+        decide(&s.tracker, &fin),
+        HoldDecision::Hold(id(1), offsets(0, 41))
+    );
+    // Checkpointed: a checkpoint must also cover the 40 bytes (a checkpoint counts no FIN).
+    let mut asked = None;
+    assert_eq!(
+        decide_checkpointed(&s.tracker, &fin, |c| {
+            asked = Some(*c);
+            true
+        }),
+        HoldDecision::Hold(
+            id(1),
+            CommitRequirement::Offsets {
+                client: 0,
+                server: 41,
+                checkpoint: Some(40),
+            }
+        )
+    );
+    assert_eq!(asked, Some(id(1)));
 }

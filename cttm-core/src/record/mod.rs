@@ -9,6 +9,7 @@ mod stream;
 
 pub use stream::StreamState;
 
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointOutcome};
 use crate::endpoint::ConnectionId;
 use crate::event::{CloseHow, ConnectionEvent, EventKind, Handshake, Side, UnsafeReason};
 use crate::seq::SeqNumber;
@@ -105,6 +106,8 @@ pub struct ConnectionRecord {
     server_ts: Option<(TcpTimestamps, Instant)>,
     unsafe_reason: Option<UnsafeReason>,
     closed: Option<CloseHow>,
+    /// The last application checkpoint applied, if the connection is checkpointed.
+    checkpoint: Option<Checkpoint>,
 }
 
 /// Window bookkeeping (RFC 9293 §3.10.7.4; Linux `tcp_may_update_window`).
@@ -162,6 +165,7 @@ impl ConnectionRecord {
                 None
             },
             closed: None,
+            checkpoint: None,
         }
     }
 
@@ -420,6 +424,30 @@ impl ConnectionRecord {
     /// The server's advertised receive window in bytes (scaled), as last seen.
     pub fn receive_window(&self) -> u32 {
         self.window.rcv_wnd
+    }
+
+    /// The last application checkpoint of the connection, if it is checkpointed.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// Applies an application checkpoint of this connection: a later one replaces the one
+    /// held and releases the retained client bytes below its `client_consumed` (the
+    /// application's state reflects them, as [`consume_client`](Self::consume_client));
+    /// one not later is ignored ([`Applied::Duplicate`]); a later one whose offsets go
+    /// backwards is refused and the record is unchanged ([`Checkpoint::follows`]).
+    pub fn apply_checkpoint(
+        &mut self,
+        checkpoint: &Checkpoint,
+    ) -> Result<Applied, CheckpointError> {
+        match checkpoint.follows(self.checkpoint.as_ref())? {
+            CheckpointOutcome::Ignored => Ok(Applied::Duplicate),
+            CheckpointOutcome::Replaced => {
+                self.client.release_until(checkpoint.client_consumed);
+                self.checkpoint = Some(checkpoint.clone());
+                Ok(Applied::Changed)
+            }
+        }
     }
 
     /// Releases retained client bytes below `upto` (a shadow session consumed them).

@@ -2,6 +2,7 @@
 //! [`ConnectionRecord`] per connection, detects gaps and duplicates by stream offset, and
 //! yields the same [`ConnectionSnapshot`] the primary's tracker would.
 
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::endpoint::ConnectionId;
 use crate::event::{ConnectionEvent, EventKind};
 use crate::message::{MessageV1, ReplicationMessage};
@@ -47,6 +48,10 @@ pub enum ReplicaError {
     /// `max_connections`.
     #[error("replica full ({0} connections); raise max_connections")]
     Full(usize),
+    /// An application checkpoint was refused (its offsets go backwards); the connection keeps
+    /// the checkpoint it held.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// What one connection's replica holds, for resynchronisation ("what do you hold").
@@ -106,7 +111,21 @@ impl Replica {
                 self.last_heartbeat = Some(*sent_at);
                 Ok(Applied::Changed)
             }
+            MessageV1::Checkpoint(checkpoint) => self.apply_checkpoint(checkpoint),
         }
+    }
+
+    /// Applies an application checkpoint to its connection's record
+    /// ([`ConnectionRecord::apply_checkpoint`]): a later one replaces the one held and
+    /// releases the client bytes below its `client_consumed`, one not later is ignored, one
+    /// whose offsets go backwards is refused.
+    pub fn apply_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<Applied, ReplicaError> {
+        let id = checkpoint.id;
+        let record = self.records.get_mut(&id).ok_or(ReplicaError::Apply {
+            id,
+            source: ApplyError::Unknown,
+        })?;
+        Ok(record.apply_checkpoint(checkpoint)?)
     }
 
     /// Applies one event.

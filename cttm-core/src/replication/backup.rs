@@ -520,4 +520,44 @@ mod tests {
         store.apply_sequenced(4, &Payload::Retain(vec![]));
         assert!(store.replica().is_empty());
     }
+
+    #[test]
+    fn a_sequenced_checkpoint_is_applied_and_a_backwards_one_rejected() {
+        use crate::checkpoint::{Checkpoint, CheckpointError};
+        let checkpoint = |server_produced, at| {
+            Payload::Message(
+                MessageV1::Checkpoint(Checkpoint {
+                    id: id(1),
+                    client_consumed: 4,
+                    server_produced,
+                    state: vec![1, 2],
+                    at: Instant::from_millis(at),
+                })
+                .into(),
+            )
+        };
+        let mut store = SequencedReplica::new(ReplicaConfig::default());
+        store.apply_sequenced(1, &Payload::Message(opened(1)));
+        store.apply_sequenced(2, &Payload::Message(client_data(1, 0, 6)));
+        assert_eq!(
+            store.apply_sequenced(3, &checkpoint(10, 5)),
+            SequencedOutcome::Applied(Applied::Changed)
+        );
+        let record = store.replica().record(&id(1)).unwrap();
+        assert_eq!(record.checkpoint().map(|c| c.server_produced), Some(10));
+        assert_eq!(record.stream(Side::Client).retained_from(), 4);
+        assert_eq!(
+            store.apply_sequenced(4, &checkpoint(9, 6)),
+            SequencedOutcome::Rejected {
+                id: Some(id(1)),
+                error: ReplicaError::Checkpoint(CheckpointError::OffsetsBackwards {
+                    id: id(1),
+                    held_client: 4,
+                    held_server: 10,
+                    got_client: 4,
+                    got_server: 9,
+                }),
+            }
+        );
+    }
 }

@@ -49,6 +49,7 @@ impl Payload {
                             256 + r.stream(Side::Client).retained_len()
                                 + r.stream(Side::Server).retained_len()
                         }
+                        MessageV1::Checkpoint(c) => 64 + c.state.len(),
                         MessageV1::Forget(_) | MessageV1::Heartbeat { .. } => 0,
                     }
             }
@@ -63,6 +64,7 @@ pub fn message_connection(message: &ReplicationMessage) -> Option<ConnectionId> 
             MessageV1::Event(e) => Some(e.id),
             MessageV1::Record(r) => Some(r.id()),
             MessageV1::Forget(id) => Some(*id),
+            MessageV1::Checkpoint(c) => Some(c.id),
             MessageV1::Heartbeat { .. } => None,
         },
     }

@@ -105,6 +105,9 @@ pub struct AckedOffsets {
     /// Every server byte below this offset is held by the backup (and the server's FIN when
     /// this is one past its last byte).
     pub server: u64,
+    /// The `server_produced` of the last application checkpoint of the connection the
+    /// backup acknowledged ([`crate::checkpoint::Checkpoint`]); `None` when it holds none.
+    pub checkpoint: Option<u64>,
 }
 
 /// Something the primary reports (drain with [`Primary::take_reports`]).
@@ -272,6 +275,7 @@ impl Primary {
         Some(AckedOffsets {
             client: r.stream(Side::Client).sequence_end(),
             server: r.stream(Side::Server).sequence_end(),
+            checkpoint: r.checkpoint().map(|c| c.server_produced),
         })
     }
 
@@ -612,7 +616,8 @@ mod tests {
             p.acknowledged(&id(1)),
             Some(AckedOffsets {
                 client: 100,
-                server: 0
+                server: 0,
+                checkpoint: None
             })
         );
         // An acknowledgement of another primary incarnation, or of nothing new, is ignored.
@@ -645,7 +650,8 @@ mod tests {
             p.acknowledged(&id(1)),
             Some(AckedOffsets {
                 client: 150,
-                server: 0
+                server: 0,
+                checkpoint: None
             })
         );
         assert!(p.is_synchronised());
@@ -696,7 +702,8 @@ mod tests {
             p.acknowledged(&id(1)),
             Some(AckedOffsets {
                 client: 10,
-                server: 0
+                server: 0,
+                checkpoint: None
             })
         );
         // Each FIN, once held, is one more offset of its stream (RFC 9293 §3.4).
@@ -705,7 +712,8 @@ mod tests {
             p.acknowledged(&id(1)),
             Some(AckedOffsets {
                 client: 11,
-                server: 0
+                server: 0,
+                checkpoint: None
             })
         );
         ack(&mut p, 4);
@@ -713,7 +721,8 @@ mod tests {
             p.acknowledged(&id(1)),
             Some(AckedOffsets {
                 client: 11,
-                server: 1
+                server: 1,
+                checkpoint: None
             })
         );
     }
