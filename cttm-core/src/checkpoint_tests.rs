@@ -6,8 +6,8 @@ use crate::event::{ConnectionEvent, EventKind};
 use crate::message::MessageV1;
 use crate::record::{Applied, ClientRetention, ConnectionRecord};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
-use crate::replication::testing::{client_data, ev, id, opened};
-use crate::replication::{AckedOffsets, Primary, PrimaryConfig, Submitted, WireMessage};
+use crate::replication::testing::{acknowledge, client_data, ev, id, opened};
+use crate::replication::{AckedOffsets, Primary, PrimaryConfig, Submitted};
 use crate::{ReplicationMessage, Side};
 
 fn checkpoint(client_consumed: u64, server_produced: u64, state: &[u8], at_ms: u64) -> Checkpoint {
@@ -191,16 +191,7 @@ fn the_primary_numbers_checkpoints_and_learns_which_one_the_backup_holds() {
             .map(|c| c.server_produced),
         Some(40)
     );
-    let ack = |p: &mut Primary, applied| {
-        p.on_message(
-            WireMessage::Ack {
-                epoch: 3,
-                applied,
-                consumed: vec![],
-            },
-            now,
-        )
-    };
+    let ack = |p: &mut Primary, applied| acknowledge(p, 3, applied, now);
     ack(&mut p, 2);
     assert_eq!(
         p.acknowledged(&id(1)),

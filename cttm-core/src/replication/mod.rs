@@ -40,6 +40,23 @@ pub(crate) mod testing {
     use crate::time::Instant;
     use crate::{ReplicationMessage, SeqNumber};
 
+    /// The backup's acknowledgement of every message up to `applied`, delivered to `primary`.
+    pub(crate) fn acknowledge(
+        primary: &mut super::Primary,
+        epoch: u64,
+        applied: u64,
+        now: Instant,
+    ) {
+        primary.on_message(
+            super::WireMessage::Ack {
+                epoch,
+                applied,
+                consumed: vec![],
+            },
+            now,
+        );
+    }
+
     pub(crate) fn id(n: u16) -> ConnectionId {
         ConnectionId {
             client: std::net::SocketAddr::from(([198, 18, 0, 2], 40_000 + n)),

@@ -588,7 +588,7 @@ fn holdings_by_id(holdings: &[Holding]) -> BTreeMap<ConnectionId, Holding> {
 mod tests {
     use super::*;
     use crate::event::CloseHow;
-    use crate::replication::testing::{client_data, ev, id, opened};
+    use crate::replication::testing::{acknowledge, client_data, ev, id, opened};
 
     #[test]
     fn acknowledgements_give_per_connection_offsets() {
@@ -686,16 +686,7 @@ mod tests {
             now,
         )
         .unwrap();
-        let ack = |p: &mut Primary, applied| {
-            p.on_message(
-                WireMessage::Ack {
-                    epoch: 4,
-                    applied,
-                    consumed: vec![],
-                },
-                now,
-            )
-        };
+        let ack = |p: &mut Primary, applied| acknowledge(p, 4, applied, now);
         // The bytes are held, the client's FIN not yet: one past the bytes is not reached.
         ack(&mut p, 2);
         assert_eq!(
