@@ -12,6 +12,20 @@
 //! state, and the output-commit gate ([`crate::commit`]) lets a server segment of a
 //! checkpointed connection leave only once such a checkpoint covers it.
 //!
+//! A checkpoint carries the bytes of the write it precedes ([`Checkpoint::output`]): the
+//! backup then holds every server byte up to `server_produced` the moment it holds the
+//! checkpoint, even if the primary crashed before its capture saw the write (a write the
+//! kernel sends late, because the client's window or the congestion window is full). The
+//! state can thus describe the connection *after* the write, and a backup resuming from it
+//! sends the rest of that write itself: the application never writes a byte twice. The
+//! primary does not ship the captured copy of those bytes again.
+//!
+//! What the application must make deterministic between two checkpoints: nothing, if it
+//! checkpoints before every write it hands to the socket. Bytes it writes without a
+//! checkpoint before them are held by output commit until a later checkpoint covers them,
+//! and the backup resuming from an earlier checkpoint discards them (the client never saw
+//! them).
+//!
 //! Checkpoints of one connection are ordered by [`Checkpoint::at`], which must grow strictly
 //! from one checkpoint of a connection to the next. A checkpoint not later than the last one
 //! held is a duplicate (or a stale copy) and is ignored; a later one whose offsets are below
@@ -36,6 +50,10 @@ pub struct Checkpoint {
     pub server_produced: u64,
     /// The application's own state for the connection, opaque to the library.
     pub state: Vec<u8>,
+    /// The server bytes `[server_produced - output.len(), server_produced)`: the write this
+    /// checkpoint precedes (empty when it precedes none). They must start at or before the
+    /// end of the server bytes already shipped.
+    pub output: Vec<u8>,
     /// When the application took the checkpoint (its clock); strictly later than the
     /// previous checkpoint of the same connection.
     pub at: Instant,
@@ -72,6 +90,43 @@ pub enum CheckpointError {
         /// `server_produced` of the refused checkpoint.
         got_server: u64,
     },
+    /// The checkpoint's output is longer than its `server_produced`: it would start before
+    /// the server stream does.
+    #[error(
+        "connection {id}: checkpoint output of {len} bytes does not fit below server_produced \
+         {server_produced}; server_produced is the offset after the write"
+    )]
+    OutputBeforeStart {
+        /// The connection.
+        id: ConnectionId,
+        /// `server_produced` of the refused checkpoint.
+        server_produced: u64,
+        /// The length of its output.
+        len: usize,
+    },
+    /// The checkpoint's output starts beyond the server bytes shipped so far: bytes written
+    /// between the previous checkpoint and this one were not reported (checkpoint before
+    /// every write, each with the bytes of that write).
+    #[error(
+        "connection {id}: checkpoint output starts at server offset {output_from} but only \
+         {held_end} server bytes were shipped; report every write in a checkpoint"
+    )]
+    OutputGap {
+        /// The connection.
+        id: ConnectionId,
+        /// Where the output starts.
+        output_from: u64,
+        /// The end of the server bytes held.
+        held_end: u64,
+    },
+    /// The checkpoint's output goes past the server's FIN.
+    #[error("connection {id}: checkpoint output goes past the server's FIN at offset {fin}")]
+    OutputAfterFin {
+        /// The connection.
+        id: ConnectionId,
+        /// The FIN's offset.
+        fin: u64,
+    },
 }
 
 impl Checkpoint {
@@ -80,6 +135,7 @@ impl Checkpoint {
     /// `held`'s, [`Ignored`](CheckpointOutcome::Ignored) when it is not later, an error when
     /// it is later but an offset goes backwards.
     pub fn follows(&self, held: Option<&Checkpoint>) -> Result<CheckpointOutcome, CheckpointError> {
+        self.output_from()?;
         let Some(held) = held else {
             return Ok(CheckpointOutcome::Replaced);
         };
@@ -98,6 +154,17 @@ impl Checkpoint {
             });
         }
         Ok(CheckpointOutcome::Replaced)
+    }
+
+    /// The server stream offset where [`output`](Self::output) starts.
+    pub fn output_from(&self) -> Result<u64, CheckpointError> {
+        self.server_produced
+            .checked_sub(self.output.len() as u64)
+            .ok_or(CheckpointError::OutputBeforeStart {
+                id: self.id,
+                server_produced: self.server_produced,
+                len: self.output.len(),
+            })
     }
 }
 

@@ -16,6 +16,7 @@ fn checkpoint(client_consumed: u64, server_produced: u64, state: &[u8], at_ms: u
         client_consumed,
         server_produced,
         state: state.to_vec(),
+        output: Vec::new(),
         at: Instant::from_millis(at_ms),
     }
 }
@@ -259,4 +260,43 @@ fn a_connection_without_checkpoints_is_gated_as_before() {
     // Whatever checkpoint the backup may hold does not matter.
     assert!(requirement.is_met_by(holds(100, Some(0))));
     assert!(!requirement.is_met_by(None));
+}
+
+#[test]
+fn a_checkpoint_carries_its_write_and_the_captured_copy_is_not_shipped_again() {
+    let mut p = Primary::new(PrimaryConfig::default(), 3);
+    let now = Instant::ZERO;
+    p.submit(opened(1), now).unwrap();
+    p.submit(server_data(0, 40), now).unwrap();
+    let with_write = Checkpoint {
+        output: vec![9; 10],
+        ..checkpoint(0, 50, b"s", 5)
+    };
+    assert_eq!(
+        p.submit(message(&with_write), now),
+        Ok(Submitted::Queued(3))
+    );
+    // The primary's copy (so the backup's) holds the write before the capture sees it.
+    let server_end = |p: &Primary| {
+        p.mirror()
+            .record(&id(1))
+            .unwrap()
+            .stream(Side::Server)
+            .received_end()
+    };
+    assert_eq!(server_end(&p), 50);
+    // The capture's copy of the write adds nothing: not queued. Bytes past it are.
+    assert_eq!(p.submit(server_data(40, 10), now), Ok(Submitted::Skipped));
+    assert_eq!(p.submit(server_data(40, 12), now), Ok(Submitted::Queued(4)));
+    assert_eq!(server_end(&p), 52);
+    // Without a checkpoint a duplicate is shipped as before.
+    p.submit(opened(2), now).unwrap();
+    let duplicate = ev(
+        2,
+        EventKind::ServerData {
+            offset: 0,
+            bytes: vec![],
+        },
+    );
+    assert!(matches!(p.submit(duplicate, now), Ok(Submitted::Queued(_))));
 }

@@ -57,6 +57,18 @@ pub enum ResetReason {
     },
     /// The restore failed.
     RestoreFailed(String),
+    /// The client acknowledged server bytes past the last checkpoint the backup holds
+    /// (output was not held: async mode, or sync mode degraded): the application cannot
+    /// account for what the client saw.
+    ClientAheadOfCheckpoint {
+        /// The checkpoint's `server_produced`.
+        checkpoint: u64,
+        /// The server offset the client acknowledged.
+        acked: u64,
+    },
+    /// The connection is checkpointed, but no application takes resumed connections (the
+    /// backup was built without `on_resume`).
+    NoApplication,
 }
 
 impl fmt::Display for ResetReason {
@@ -76,6 +88,13 @@ impl fmt::Display for ResetReason {
                 "the backup misses client bytes {from}..{to} the primary acknowledged"
             ),
             ResetReason::RestoreFailed(why) => write!(f, "restore failed: {why}"),
+            ResetReason::ClientAheadOfCheckpoint { checkpoint, acked } => write!(
+                f,
+                "the client acknowledged server bytes up to {acked}, past the last checkpoint at {checkpoint}"
+            ),
+            ResetReason::NoApplication => {
+                write!(f, "checkpointed, but no application resumes connections")
+            }
         }
     }
 }
@@ -132,6 +151,9 @@ pub enum ConnectionPlan {
         /// Why.
         reason: ResetReason,
     },
+    /// A checkpointed connection: restore this socket and hand it to the application with
+    /// its checkpoint ([`super::resume::plan_resume`]).
+    Resume(Box<super::resume::ResumePlan>),
     /// Nothing to continue and nothing to reset: the handshake had not completed. The
     /// client's next segment meets no socket and the kernel answers it with a reset
     /// (RFC 9293 §3.10.7.1).

@@ -432,10 +432,13 @@ impl ConnectionRecord {
     }
 
     /// Applies an application checkpoint of this connection: a later one replaces the one
-    /// held and releases the retained client bytes below its `client_consumed` (the
-    /// application's state reflects them, as [`consume_client`](Self::consume_client));
-    /// one not later is ignored ([`Applied::Duplicate`]); a later one whose offsets go
-    /// backwards is refused and the record is unchanged ([`Checkpoint::follows`]).
+    /// held, adds its [`output`](Checkpoint::output) to the server stream (bytes already
+    /// held are kept as they are) and releases the retained client bytes below its
+    /// `client_consumed` (the application's state reflects them, as
+    /// [`consume_client`](Self::consume_client)); one not later is ignored
+    /// ([`Applied::Duplicate`]); a later one whose offsets go backwards, or whose output does
+    /// not continue the server stream, is refused and the record is unchanged
+    /// ([`Checkpoint::follows`]).
     pub fn apply_checkpoint(
         &mut self,
         checkpoint: &Checkpoint,
@@ -443,6 +446,19 @@ impl ConnectionRecord {
         match checkpoint.follows(self.checkpoint.as_ref())? {
             CheckpointOutcome::Ignored => Ok(Applied::Duplicate),
             CheckpointOutcome::Replaced => {
+                let output_from = checkpoint.output_from()?;
+                if let Some(fin) = self.server.fin()
+                    && checkpoint.server_produced > fin
+                {
+                    return Err(CheckpointError::OutputAfterFin { id: self.id, fin });
+                }
+                self.server
+                    .append(Side::Server, output_from, &checkpoint.output)
+                    .map_err(|_| CheckpointError::OutputGap {
+                        id: self.id,
+                        output_from,
+                        held_end: self.server.received_end(),
+                    })?;
                 self.client.release_until(checkpoint.client_consumed);
                 self.checkpoint = Some(checkpoint.clone());
                 Ok(Applied::Changed)
@@ -450,9 +466,13 @@ impl ConnectionRecord {
         }
     }
 
-    /// Releases retained client bytes below `upto` (a shadow session consumed them).
+    /// Releases retained client bytes below `upto` (a shadow session consumed them). A
+    /// checkpointed connection's client bytes are released by its checkpoints only: the
+    /// application resumes from its last checkpoint, not from where a shadow stands.
     pub fn consume_client(&mut self, upto: u64) {
-        self.client.release_until(upto);
+        if self.checkpoint.is_none() {
+            self.client.release_until(upto);
+        }
     }
 
     /// The server socket's state.

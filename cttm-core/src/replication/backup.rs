@@ -531,6 +531,8 @@ mod tests {
                     client_consumed: 4,
                     server_produced,
                     state: vec![1, 2],
+                    // The write of `server_produced` bytes this checkpoint precedes.
+                    output: vec![7; server_produced as usize],
                     at: Instant::from_millis(at),
                 })
                 .into(),

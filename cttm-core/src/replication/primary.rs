@@ -22,7 +22,7 @@
 use super::message::{Payload, ResyncRequest, WireMessage};
 use crate::endpoint::ConnectionId;
 use crate::message::MessageV1;
-use crate::record::ClientRetention;
+use crate::record::{Applied, ClientRetention};
 use crate::replica::{Holding, ReplicaError};
 use crate::time::Instant;
 use crate::{EventKind, Replica, ReplicaConfig, ReplicationMessage, Side};
@@ -79,7 +79,8 @@ pub enum Submitted {
     Queued(u64),
     /// Not queued: its connection is unprotected until its whole record is resent.
     Unprotected,
-    /// Not queued: a heartbeat message that did not fit (nothing is lost).
+    /// Not queued, and nothing is lost: a heartbeat message that did not fit, or captured
+    /// server bytes a checkpoint already carried to the backup.
     Skipped,
 }
 
@@ -212,7 +213,10 @@ impl Primary {
         message: ReplicationMessage,
         now: Instant,
     ) -> Result<Submitted, SubmitError> {
-        self.mirror.apply_message(&message)?;
+        let applied = self.mirror.apply_message(&message)?;
+        if applied == Applied::Duplicate && self.carried_by_checkpoint(&message) {
+            return Ok(Submitted::Skipped);
+        }
         let payload = Payload::Message(message);
         let id = payload.connection();
         if let Some(id) = id
@@ -237,6 +241,20 @@ impl Primary {
             });
         }
         Ok(Submitted::Queued(self.enqueue(payload, size, now)))
+    }
+
+    /// Captured server bytes of a checkpointed connection that the primary's copy holds
+    /// already: a checkpoint carried them ([`crate::checkpoint::Checkpoint::output`]), so
+    /// the backup has them too and they are not shipped twice.
+    fn carried_by_checkpoint(&self, message: &ReplicationMessage) -> bool {
+        let ReplicationMessage::V1(MessageV1::Event(event)) = message else {
+            return false;
+        };
+        matches!(event.kind, EventKind::ServerData { .. })
+            && self
+                .mirror
+                .record(&event.id)
+                .is_some_and(|r| r.checkpoint().is_some())
     }
 
     fn enqueue(&mut self, payload: Payload, size: usize, now: Instant) -> u64 {

@@ -21,6 +21,7 @@
 //! | `shadow` | the standby sockets of the shadow sessions |
 //! | `lock` | the network lock: client segments dropped while the connections are restored |
 //! | `takeover` | claim, restore, reset, announce |
+//! | `resume` | checkpointed connections restored at their checkpoint, handed to the application |
 //! | `splice` | restored socket ↔ shadow session after takeover; re-seating a restored socket |
 //! | `watch` | after takeover: the capture of the clients' segments, the resets |
 //! | `guard` | the probe and the fence carried out for the takeover guard |
@@ -32,6 +33,7 @@
 
 mod guard;
 mod lock;
+mod resume;
 mod shadow;
 mod splice;
 mod takeover;
@@ -91,6 +93,7 @@ const ANSWER_WAIT: Duration = Duration::from_millis(50);
 const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub use cttm_core::backup::takeover::ResetReason;
+pub use resume::{ResumeHandler, ResumedConnection};
 
 /// What a backup run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,6 +103,12 @@ pub struct BackupExit {
     pub takeover: Option<Duration>,
     /// Connections restored and spliced to their shadow sessions.
     pub restored: Vec<ConnectionId>,
+    /// Checkpointed connections restored at their last checkpoint and handed to the
+    /// application ([`BackupBuilder::on_resume`]).
+    pub resumed: Vec<ConnectionId>,
+    /// Server bytes produced after the last checkpoint of a resumed connection and never
+    /// released, discarded at takeover (all connections together).
+    pub discarded_bytes: u64,
     /// Connections ended with a reset at takeover, with the reason.
     pub reset: Vec<(ConnectionId, ResetReason)>,
     /// Connections whose standby output differed from the primary's, with the first
@@ -175,10 +184,11 @@ pub struct BackupAgent {
     settings: BackupSettings,
     addresses: Vec<IpAddr>,
     link: Box<dyn BackupLink>,
-    standby: Box<dyn StandbyConnector>,
+    standby: Option<Box<dyn StandbyConnector>>,
     probe: Option<Box<dyn NeighbourProbe + Send>>,
     fence: Option<Box<dyn Fence + Send>>,
     watch: Option<WatchCapture>,
+    resume: Option<ResumeHandler>,
     observer: Observer,
 }
 
@@ -190,10 +200,12 @@ impl std::fmt::Debug for BackupAgent {
     }
 }
 
-/// Builds a [`BackupAgent`]. The link and the standby daemon are required; without a probe
-/// the takeover does not check that the primary stopped serving (split brain is then
-/// possible: a warning is logged), without a fence none is run, without a watch capture the
-/// clients are not watched after the takeover.
+/// Builds a [`BackupAgent`]. The link is required, and at least one of the standby daemon
+/// (shadow sessions continue the connections of a deterministic daemon) and the resume
+/// handler (an application continues its checkpointed connections, [`cttm_core::checkpoint`]).
+/// Without a probe the takeover does not check that the primary stopped serving (split
+/// brain is then possible: a warning is logged), without a fence none is run, without a
+/// watch capture the clients are not watched after the takeover.
 pub struct BackupBuilder {
     settings: BackupSettings,
     link: Option<Box<dyn BackupLink>>,
@@ -201,6 +213,7 @@ pub struct BackupBuilder {
     probe: Option<Box<dyn NeighbourProbe + Send>>,
     fence: Option<Box<dyn Fence + Send>>,
     watch: Option<WatchCapture>,
+    resume: Option<ResumeHandler>,
     observer: Option<Observer>,
 }
 
@@ -229,6 +242,7 @@ impl BackupAgent {
             probe: None,
             fence: None,
             watch: None,
+            resume: None,
             observer: None,
         }
     }
@@ -248,6 +262,7 @@ impl BackupAgent {
             probe,
             fence,
             watch,
+            resume,
             observer,
         } = self;
         let netlink =
@@ -264,8 +279,22 @@ impl BackupAgent {
             return Ok(BackupExit::default());
         }
         let watch = watch.and_then(|mut open| open_watch(&mut open));
-        let serving = take_over(&settings, netlink, &addresses, protect, watch)?;
+        let (serving, resumed) = take_over(
+            &settings,
+            netlink,
+            &addresses,
+            protect,
+            watch,
+            resume.is_some(),
+        )?;
         view.on_takeover(&serving.exit);
+        // The takeover is complete (the lock released, the addresses announced): the
+        // application carries on with its connections.
+        if let Some(mut handler) = resume {
+            for connection in resumed {
+                handler(connection);
+            }
+        }
         serve(stop, serving, &mut view)
     }
 
@@ -293,9 +322,20 @@ impl BackupBuilder {
         self
     }
 
-    /// The standby daemon (`crate::standby::TcpStandby`, or any [`StandbyConnector`]).
+    /// The standby daemon (`crate::standby::TcpStandby`, or any [`StandbyConnector`]):
+    /// a shadow session on it follows every connection.
     pub fn standby(mut self, standby: impl StandbyConnector + 'static) -> Self {
         self.standby = Some(Box::new(standby));
+        self
+    }
+
+    /// Where checkpointed connections go after the takeover: each is restored at its last
+    /// checkpoint and passed to `handler` once the takeover is complete, in the agent's
+    /// thread (hand it on quickly: to a thread of its own, or a channel, a tokio one
+    /// included). Without it a checkpointed connection is reset at takeover
+    /// ([`ResetReason::NoApplication`]).
+    pub fn on_resume(mut self, handler: impl FnMut(ResumedConnection) + Send + 'static) -> Self {
+        self.resume = Some(Box::new(handler));
         self
     }
 
@@ -349,12 +389,18 @@ impl BackupBuilder {
             link: self
                 .link
                 .ok_or(BackupError::Missing("a replication link"))?,
-            standby: self
-                .standby
-                .ok_or(BackupError::Missing("a standby daemon"))?,
+            standby: match (self.standby, &self.resume) {
+                (None, None) => {
+                    return Err(BackupError::Missing(
+                        "a standby daemon or a resume handler (`on_resume`)",
+                    ));
+                }
+                (standby, _) => standby,
+            },
             probe: self.probe,
             fence: self.fence,
             watch: self.watch,
+            resume: self.resume,
             observer: self.observer.unwrap_or_else(|| {
                 Observer::new(AgentView::new(AgentRole::Backup, CommitState::Async))
             }),
@@ -421,7 +467,7 @@ struct Protect {
 
 impl Protect {
     /// Follows what `link` applies to its replica with shadow sessions on `standby`.
-    fn start(link: Box<dyn BackupLink>, standby: Box<dyn StandbyConnector>) -> Protect {
+    fn start(link: Box<dyn BackupLink>, standby: Option<Box<dyn StandbyConnector>>) -> Protect {
         let store = link.replica();
         let subscription = store.subscribe(SUBSCRIPTION_CAPACITY);
         Protect {
@@ -509,15 +555,17 @@ struct Serving {
 }
 
 /// The takeover: the replication stopped, the shadows brought up to date, the addresses
-/// claimed under the network lock, every connection restored and spliced or reset, the
-/// addresses announced.
+/// claimed under the network lock, every connection restored and spliced, restored for the
+/// application (returned, `resumable`: an application takes them) or reset, the addresses
+/// announced.
 fn take_over(
     settings: &BackupSettings,
     netlink: NetlinkTakeover,
     addresses: &[IpAddr],
     protect: Protect,
     mut watch: Option<watch::Watch>,
-) -> Result<Serving, BackupError> {
+    resumable: bool,
+) -> Result<(Serving, Vec<ResumedConnection>), BackupError> {
     let Protect {
         link,
         store,
@@ -554,6 +602,7 @@ fn take_over(
     let mut netlink = Some(netlink);
     let mut exit = BackupExit::default();
     let mut splices = SpliceSet::new();
+    let mut resumed = Vec::new();
     let mut announcing = None;
     loop {
         match plan.poll(clock.at(std::time::Instant::now())) {
@@ -574,11 +623,16 @@ fn take_over(
                 plan.on_claimed(result);
             }
             TakeoverStep::Connection(snapshot) => {
+                let connections = Connections {
+                    splices: &mut splices,
+                    resumed: &mut resumed,
+                    resumable,
+                };
                 take_over_one(
                     store.as_ref(),
                     &mut shadows,
                     &mut watch,
-                    &mut splices,
+                    connections,
                     &mut exit,
                     &snapshot,
                 );
@@ -622,15 +676,18 @@ fn take_over(
     tracing::warn!(
         took_ms = took.as_secs_f64() * 1e3,
         restored = exit.restored.len(),
+        resumed = exit.resumed.len(),
+        discarded_bytes = exit.discarded_bytes,
         reset = exit.reset.len(),
         "takeover complete"
     );
-    Ok(Serving {
+    let serving = Serving {
         exit,
         splices,
         watch,
         announcing,
-    })
+    };
+    Ok((serving, resumed))
 }
 
 /// Serves the spliced connections until `stop`.
@@ -718,13 +775,23 @@ fn record_end(exit: &mut BackupExit, id: ConnectionId, end: SpliceEnd) {
     }
 }
 
-/// One connection of the takeover: restored and spliced, or reset (see
-/// `takeover::take_over_connection`).
+/// Where the takeover puts the connections it continues.
+struct Connections<'a> {
+    /// Restored connections spliced to their shadow sessions.
+    splices: &'a mut SpliceSet,
+    /// Checkpointed connections restored for the application.
+    resumed: &'a mut Vec<ResumedConnection>,
+    /// An application takes checkpointed connections.
+    resumable: bool,
+}
+
+/// One connection of the takeover: restored and spliced, restored for the application, or
+/// reset (see `takeover::take_over_connection`).
 fn take_over_one(
     store: &dyn ReplicaAccess,
     shadows: &mut ShadowSet,
     watch: &mut Option<watch::Watch>,
-    splices: &mut SpliceSet,
+    connections: Connections<'_>,
     exit: &mut BackupExit,
     snapshot: &ConnectionSnapshot,
 ) {
@@ -733,13 +800,25 @@ fn take_over_one(
     // Segments captured so far predate this restore: they must not count as the client's
     // answer to its window probe (read them while the connection has no splice yet).
     if let Some(w) = watch {
-        w.observe(splices);
+        w.observe(connections.splices);
     }
-    match takeover::take_over_connection(store, snapshot, shadow) {
+    match takeover::take_over_connection(store, snapshot, shadow, connections.resumable) {
         Outcome::Restored(splice) => {
             tracing::info!(connection = %id, "connection restored and spliced to its shadow session");
-            splices.add(*splice);
+            connections.splices.add(*splice);
             exit.restored.push(id);
+        }
+        Outcome::Resumed(connection) => {
+            tracing::info!(
+                connection = %id,
+                client_consumed = connection.checkpoint.client_consumed,
+                server_produced = connection.checkpoint.server_produced,
+                discarded = connection.discarded,
+                "connection restored at its last checkpoint for the application"
+            );
+            exit.resumed.push(id);
+            exit.discarded_bytes += connection.discarded;
+            connections.resumed.push(connection);
         }
         Outcome::Reset(reason) => {
             tracing::warn!(connection = %id, %reason, "connection lost: reset at takeover");

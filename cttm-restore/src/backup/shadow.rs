@@ -30,7 +30,9 @@ pub(crate) struct Shadow {
 
 /// Every shadow session of the backup, with its standby socket.
 pub(crate) struct ShadowSet {
-    standby: Box<dyn StandbyConnector>,
+    /// `None`: no standby daemon (an application resumes checkpointed connections itself),
+    /// so no shadow sessions.
+    standby: Option<Box<dyn StandbyConnector>>,
     store: Arc<dyn ReplicaAccess>,
     sessions: ShadowSessions,
     sockets: HashMap<ConnectionId, TcpStream>,
@@ -42,7 +44,7 @@ pub(crate) struct ShadowSet {
 
 impl ShadowSet {
     pub(crate) fn new(
-        standby: Box<dyn StandbyConnector>,
+        standby: Option<Box<dyn StandbyConnector>>,
         store: Arc<dyn ReplicaAccess>,
     ) -> ShadowSet {
         ShadowSet {
@@ -57,6 +59,9 @@ impl ShadowSet {
 
     /// Applies one change of the replica.
     pub(crate) fn on_store_event(&mut self, event: StoreEvent) {
+        if self.standby.is_none() {
+            return;
+        }
         match event {
             StoreEvent::Event(e) => {
                 self.dirty.insert(e.id);
@@ -77,21 +82,26 @@ impl ShadowSet {
     fn carry_out(&mut self) {
         while let Some(command) = self.sessions.poll_command() {
             match command {
-                ShadowCommand::Connect(id) => match self.standby.connect() {
-                    Ok(s) => {
-                        self.sockets.insert(id, s);
-                        tracing::info!(connection = %id, "connection protected by a shadow session");
-                    }
-                    Err(e) => {
-                        if let Some(session) = self.sessions.get_mut(&id) {
-                            session.unprotect(&format!(
-                                "standby daemon {} unreachable: {e}",
-                                self.standby.describe()
-                            ));
+                ShadowCommand::Connect(id) => {
+                    let Some(standby) = &mut self.standby else {
+                        continue;
+                    };
+                    match standby.connect() {
+                        Ok(s) => {
+                            self.sockets.insert(id, s);
+                            tracing::info!(connection = %id, "connection protected by a shadow session");
                         }
-                        self.sessions.settle(&id);
+                        Err(e) => {
+                            if let Some(session) = self.sessions.get_mut(&id) {
+                                session.unprotect(&format!(
+                                    "standby daemon {} unreachable: {e}",
+                                    standby.describe()
+                                ));
+                            }
+                            self.sessions.settle(&id);
+                        }
                     }
-                },
+                }
                 ShadowCommand::Close { id, reset } => {
                     if let Some(s) = self.sockets.remove(&id)
                         && reset

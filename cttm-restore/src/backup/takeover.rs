@@ -3,12 +3,14 @@
 //! to its shadow session, or resetting it. The order and every per-connection decision are
 //! `cttm_core::backup::takeover`'s (`TakeoverPlan`, `plan_connection`).
 
+use super::resume::ResumedConnection;
 use super::shadow::Shadow;
 use super::splice::Splice;
 use crate::migrate::resolve_neighbours;
 use crate::repair::restore_connection;
 use crate::takeover::{AnnounceConfig, ClaimError, NetlinkTakeover};
 use crate::{ClockPolicy, RestoreError, RestoreOptions};
+use cttm_core::backup::resume::plan_resume;
 use cttm_core::backup::splice::SpliceStart;
 use cttm_core::backup::takeover::{
     ClientStart, ConnectionPlan, ReplicaEnds, ResetReason, plan_connection, reset_snapshot,
@@ -103,28 +105,68 @@ fn announce_each(takeover: &NetlinkTakeover, addresses: &[IpAddr]) {
 pub(crate) enum Outcome {
     /// Restored and spliced.
     Restored(Box<Splice>),
+    /// Checkpointed: restored at its checkpoint, for the application.
+    Resumed(ResumedConnection),
     /// Ended with a reset (or nothing to restore), for this reason.
     Reset(ResetReason),
 }
 
-/// Carries out what `cttm_core::backup::takeover::plan_connection` decides for the
-/// connection of `snapshot`: restore and splice it, or reset it.
+/// What the takeover plans for a connection: a checkpointed one is resumed by the
+/// application (`resumable`: one takes resumed connections) or reset, any other follows
+/// its shadow session (`cttm_core::backup::takeover::plan_connection`).
+fn plan(
+    store: &dyn ReplicaAccess,
+    snapshot: &ConnectionSnapshot,
+    shadow: Option<&Shadow>,
+    resumable: bool,
+) -> ConnectionPlan {
+    let (ends, resume) = store
+        .read(|r| {
+            let record = r.record(&snapshot.id);
+            let resume = record
+                .filter(|rec| rec.checkpoint().is_some())
+                .map(|rec| resumable.then(|| plan_resume(rec)));
+            (record.map(ReplicaEnds::of), resume)
+        })
+        .unwrap_or((None, None));
+    match resume {
+        Some(Some(plan)) => plan,
+        Some(None) => ConnectionPlan::Reset {
+            snapshot: reset_snapshot(snapshot),
+            reason: ResetReason::NoApplication,
+        },
+        None => plan_connection(snapshot, shadow.map(|s| &s.session), ends),
+    }
+}
+
+/// Carries out what the takeover plans for the connection of `snapshot`: restore and splice
+/// it, restore it for the application, or reset it.
 pub(crate) fn take_over_connection(
     store: &dyn ReplicaAccess,
     snapshot: &ConnectionSnapshot,
     shadow: Option<Shadow>,
+    resumable: bool,
 ) -> Outcome {
-    let ends = store
-        .read(|r| r.record(&snapshot.id).map(ReplicaEnds::of))
-        .flatten();
-    let plan = plan_connection(snapshot, shadow.as_ref().map(|s| &s.session), ends);
-    let (reset, reason) = match plan {
+    let (reset, reason) = match plan(store, snapshot, shadow.as_ref(), resumable) {
         ConnectionPlan::Restore {
             snapshot: restore,
             start,
         } => match restore_and_splice(&restore, shadow, start) {
             Ok(splice) => return Outcome::Restored(Box::new(splice)),
             Err(reason) => (reset_snapshot(snapshot), reason),
+        },
+        ConnectionPlan::Resume(plan) => match restore(&plan.snapshot) {
+            Ok(stream) => {
+                return Outcome::Resumed(ResumedConnection {
+                    stream,
+                    checkpoint: plan.checkpoint,
+                    discarded: plan.discarded,
+                });
+            }
+            Err(e) => (
+                reset_snapshot(snapshot),
+                ResetReason::RestoreFailed(e.to_string()),
+            ),
         },
         ConnectionPlan::Reset { snapshot, reason } => (snapshot, reason),
         ConnectionPlan::Abandon(reason) => return Outcome::Reset(reason),
