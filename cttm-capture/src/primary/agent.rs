@@ -3,10 +3,11 @@
 
 use super::PrimaryExit;
 use super::capture_file::CaptureRecorder;
+use super::checkpoint::Checkpointer;
 use super::ownership::OwnershipWatch;
 use super::status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 use super::view::{ViewInputs, ViewState};
-use super::{CommitMode, PrimarySettings};
+use super::{CommitMode, PrimarySettings, RunInputs};
 use crate::CapturedFrame;
 use crate::nfqueue::PacketId;
 use cttm_core::commit::BackupHolds;
@@ -63,15 +64,21 @@ pub(super) struct Agent {
     recorder: CaptureRecorder,
     /// Probes the service address while the backup is silent (`None`: probing off).
     watch: Option<OwnershipWatch>,
+    /// The application's checkpoints.
+    pub(super) checkpointer: Checkpointer,
 }
 
 impl Agent {
     pub(super) fn new(
         options: &PrimarySettings,
         service: Box<dyn PrimaryLink>,
-        monitor: PrimaryMonitor,
+        inputs: RunInputs,
         watch: Option<OwnershipWatch>,
     ) -> Agent {
+        let RunInputs {
+            monitor,
+            checkpointer,
+        } = inputs;
         // The primary ships client bytes once; its tracker drops them when acknowledged.
         let tracker = Tracker::new(TrackerConfig::new(service_set(options)));
         Agent {
@@ -93,6 +100,7 @@ impl Agent {
             view: ViewState::default(),
             recorder: CaptureRecorder::create(options.capture_file.as_deref()),
             watch,
+            checkpointer,
         }
     }
 
@@ -176,8 +184,30 @@ impl Agent {
         }
     }
 
-    /// Logs the events tracked since the last call and submits them for replication.
+    /// Logs the events tracked since the last call and submits them for replication, then
+    /// the application's checkpoints reported since.
     pub(super) fn ship(&mut self) {
+        self.ship_events();
+        self.ship_checkpoints();
+    }
+
+    /// Submits the application's checkpoints, one at a time: one the primary's copy refuses
+    /// (its output leaves a hole in the server stream) is logged and counted, the others go.
+    fn ship_checkpoints(&mut self) {
+        for checkpoint in self.checkpointer.take() {
+            let id = checkpoint.id;
+            let message = ReplicationMessage::V1(MessageV1::Checkpoint(checkpoint));
+            match self.service.submit_all(vec![message]) {
+                Ok(_) => self.stats.checkpoints += 1,
+                Err(e) => {
+                    self.stats.checkpoints_refused += 1;
+                    tracing::error!(connection = %id, error = %e, "checkpoint refused: its connection's output stays held until a checkpoint covers it");
+                }
+            }
+        }
+    }
+
+    fn ship_events(&mut self) {
         if self.events.is_empty() {
             return;
         }
@@ -292,6 +322,8 @@ impl Agent {
                 .saturating_sub(u64::try_from(linger.as_micros()).unwrap_or(u64::MAX)),
         );
         let forgotten = self.service.forget_closed(cutoff);
+        let tracker = &self.tracker;
+        self.checkpointer.retain(|id| tracker.record(id).is_some());
         if forgotten > 0 {
             tracing::debug!(forgotten, "closed connections forgotten");
         }

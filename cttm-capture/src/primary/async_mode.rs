@@ -20,7 +20,7 @@
 use super::agent::{Agent, epoch_now, service_set};
 use super::ownership::OwnershipWatch;
 use super::{LinkFactory, PrimarySettings};
-use super::{PrimaryError, PrimaryMonitor, RunEnd};
+use super::{PrimaryError, PrimaryMonitor, RunEnd, RunInputs};
 use crate::af_packet::{AfPacketConfig, AfPacketSource, CaptureMode};
 use crate::nfqueue::DEFAULT_BYPASS_MARK;
 use crate::{CaptureSource, CapturedFrame};
@@ -43,7 +43,7 @@ pub(super) fn run(
     options: &PrimarySettings,
     link: &mut LinkFactory,
     stop: &AtomicBool,
-    monitor: PrimaryMonitor,
+    inputs: RunInputs,
     watch: Option<OwnershipWatch>,
 ) -> Result<RunEnd, PrimaryError> {
     let mut config = AfPacketConfig::new(options.interface.clone(), service_set(options));
@@ -64,7 +64,8 @@ pub(super) fn run(
     // The mark is not needed to bypass anything here, but keeps the replication traffic
     // recognisable the same way in both modes.
     let service = link(DEFAULT_BYPASS_MARK);
-    let mut agent = Agent::new(options, service, monitor.clone(), watch);
+    let monitor = inputs.monitor.clone();
+    let mut agent = Agent::new(options, service, inputs, watch);
     tracing::info!(interface = %options.interface, mode = ?source.mode(), "async mode: capturing with AF_PACKET, nothing is held; bytes at risk are reported per connection");
     let mut window = LossWindow::new();
     let mut demoted = None;

@@ -40,6 +40,7 @@
 mod agent;
 mod async_mode;
 mod capture_file;
+mod checkpoint;
 mod clock;
 mod error;
 mod ownership;
@@ -47,6 +48,7 @@ mod status;
 mod sync_mode;
 mod view;
 
+pub use checkpoint::Checkpointer;
 pub use error::PrimaryError;
 pub use status::{ConnectionStatus, PrimaryMonitor, PrimaryStatus};
 
@@ -128,6 +130,11 @@ pub struct PrimaryExit {
     pub hold_time: HoldTimes,
     /// Times sync mode degraded because the backup was unreachable or too slow.
     pub degradations: u64,
+    /// Application checkpoints shipped to the backup ([`Checkpointer`]).
+    pub checkpoints: u64,
+    /// Application checkpoints the primary's copy of their connection refused (their
+    /// output did not continue the server stream: a write went unreported).
+    pub checkpoints_refused: u64,
 }
 
 /// Distribution of the time packets spent held, in microseconds.
@@ -174,7 +181,24 @@ impl Default for PrimaryExit {
             unprotected_messages: 0,
             hold_time: HoldTimes::default(),
             degradations: 0,
+            checkpoints: 0,
+            checkpoints_refused: 0,
         }
+    }
+}
+
+/// What a serving run reports to and hears from the application.
+pub(super) struct RunInputs {
+    /// Where the status goes.
+    pub(super) monitor: PrimaryMonitor,
+    /// The application's checkpoints.
+    pub(super) checkpointer: Checkpointer,
+}
+
+fn run_inputs(monitor: &PrimaryMonitor, checkpointer: &Checkpointer) -> RunInputs {
+    RunInputs {
+        monitor: monitor.clone(),
+        checkpointer: checkpointer.clone(),
     }
 }
 
@@ -195,6 +219,7 @@ pub struct PrimaryAgent {
     probe: Option<ProbeFactory>,
     takeover: Option<Box<dyn AddressTakeover + Send>>,
     monitor: PrimaryMonitor,
+    checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for PrimaryAgent {
@@ -244,6 +269,12 @@ impl PrimaryAgent {
         &self.monitor
     }
 
+    /// Where the application that embeds the agent reports its checkpoints (a daemon that
+    /// is not deterministic, [`cttm_core::checkpoint`]).
+    pub fn checkpointer(&self) -> Checkpointer {
+        self.checkpointer.clone()
+    }
+
     /// Runs the agent in the calling thread until `stop` is set. The capture (and, in sync
     /// mode, the queue rules) is set up in the calling thread's network namespace.
     pub fn run(self, stop: &AtomicBool) -> Result<PrimaryExit, PrimaryError> {
@@ -253,6 +284,7 @@ impl PrimaryAgent {
             probe,
             takeover,
             monitor,
+            checkpointer,
         } = self;
         tracing::info!(
             mode = ?settings.mode,
@@ -268,12 +300,20 @@ impl PrimaryAgent {
         while ownership.until_serving(stop, monitor.observer()) {
             let watch = ownership.watch();
             let run = match settings.mode {
-                CommitMode::Sync => {
-                    sync_mode::run(&settings, &mut link, stop, monitor.clone(), watch)
-                }
-                CommitMode::Async => {
-                    async_mode::run(&settings, &mut link, stop, monitor.clone(), watch)
-                }
+                CommitMode::Sync => sync_mode::run(
+                    &settings,
+                    &mut link,
+                    stop,
+                    run_inputs(&monitor, &checkpointer),
+                    watch,
+                ),
+                CommitMode::Async => async_mode::run(
+                    &settings,
+                    &mut link,
+                    stop,
+                    run_inputs(&monitor, &checkpointer),
+                    watch,
+                ),
             }?;
             exit = run.exit;
             ownership.end_watch(run.watch);
@@ -299,6 +339,7 @@ impl PrimaryAgent {
     pub fn spawn(self) -> PrimaryHandle {
         let stop = Arc::new(AtomicBool::new(false));
         let monitor = self.monitor.clone();
+        let checkpointer = self.checkpointer.clone();
         let thread = {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || self.run(&stop))
@@ -306,6 +347,7 @@ impl PrimaryAgent {
         PrimaryHandle {
             stop,
             monitor,
+            checkpointer,
             thread,
         }
     }
@@ -377,6 +419,7 @@ impl PrimaryBuilder {
             probe: self.probe,
             takeover: self.takeover,
             monitor: self.monitor.unwrap_or_default(),
+            checkpointer: Checkpointer::default(),
             settings: self.settings,
         })
     }
@@ -387,6 +430,7 @@ impl PrimaryBuilder {
 pub struct PrimaryHandle {
     stop: Arc<AtomicBool>,
     monitor: PrimaryMonitor,
+    checkpointer: Checkpointer,
     thread: std::thread::JoinHandle<Result<PrimaryExit, PrimaryError>>,
 }
 
@@ -394,6 +438,11 @@ impl PrimaryHandle {
     /// What the agent reports now (`None` before its first report).
     pub fn status(&self) -> Option<PrimaryStatus> {
         self.monitor.status()
+    }
+
+    /// Where the application reports its checkpoints ([`PrimaryAgent::checkpointer`]).
+    pub fn checkpointer(&self) -> Checkpointer {
+        self.checkpointer.clone()
     }
 
     /// A subscription to the agent's operator view.

@@ -7,14 +7,14 @@
 use super::agent::{Agent, service_set};
 use super::clock::CoreClock;
 use super::ownership::OwnershipWatch;
-use super::{HoldTimes, PrimaryError, PrimaryMonitor, RunEnd};
+use super::{HoldTimes, PrimaryError, RunEnd, RunInputs};
 use super::{LinkFactory, PrimarySettings};
 use crate::CaptureSource;
 use crate::nfqueue::{NfqueueConfig, NfqueueError, NfqueueSource, PacketId, QueueDirections};
 use cttm_core::primary::OtherHolder;
 use cttm_core::primary::degrade::{BackupHealth, Transition};
 use cttm_core::primary::hold::{
-    Ending, HoldChange, HoldCommand, HoldConfig, HoldDecision, OutputHold, decide,
+    Ending, HoldChange, HoldCommand, HoldConfig, HoldDecision, OutputHold, decide_checkpointed,
 };
 use cttm_core::wire::parse_frame;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +38,7 @@ pub(super) fn run(
     options: &PrimarySettings,
     link: &mut LinkFactory,
     stop: &AtomicBool,
-    monitor: PrimaryMonitor,
+    inputs: RunInputs,
     watch: Option<OwnershipWatch>,
 ) -> Result<RunEnd, PrimaryError> {
     let mut config = NfqueueConfig::new(options.queue, service_set(options));
@@ -48,7 +48,7 @@ pub(super) fn run(
         source,
     })?;
     let service = link(source.bypass_mark());
-    let mut agent = Agent::new(options, service, monitor, watch);
+    let mut agent = Agent::new(options, service, inputs, watch);
     let mut hold = Hold {
         machine: OutputHold::new(HoldConfig::new(options.degrade_after)),
         clock: CoreClock::start(),
@@ -110,7 +110,10 @@ fn serve(
                 let decision = match parse_frame(held.frame.link, held.frame.data) {
                     Ok(segment) => {
                         agent.track(held.frame.at, &segment);
-                        decide(&agent.tracker, &segment)
+                        let checkpoints = &agent.checkpointer;
+                        decide_checkpointed(&agent.tracker, &segment, |id| {
+                            checkpoints.is_checkpointed(id)
+                        })
                     }
                     // Not a TCP segment we can read: nothing to protect.
                     Err(_) => HoldDecision::Pass,
